@@ -1,0 +1,242 @@
+// Package app wires lockstep together and runs its subcommands: serve,
+// migrate, locks, replay. main stays a few lines; tests build the same
+// server with NewServer.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/config"
+	"github.com/lockstep/lockstep/handlers"
+	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/logging"
+	"github.com/lockstep/lockstep/metrics"
+	schema "github.com/lockstep/lockstep/sql"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// Env is what a command gets from its process.
+type Env struct {
+	Getenv func(string) string
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+const usage = `usage: lockstep [command]
+
+commands:
+  serve                 migrate to the latest schema, then serve HTTP (the default)
+  migrate up            apply every pending migration
+  migrate down N        roll back N migrations
+  migrate version       print the schema version
+  locks [--json]        the customer advisory locks held or awaited now
+  replay EVENT_ID       process one stored event again
+  replay --failed       process every failed event again, oldest first
+  bench [flags]         drive a running lockstep with a bounded load (bench -h)
+`
+
+// UsageError is a command line that makes no sense.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg + "\n" + usage }
+
+// Run runs the command named by args.
+func Run(ctx context.Context, args []string, env Env) error {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	log := logging.New(env.Stderr, logLevel(env.Getenv("LOG_LEVEL")))
+	switch cmd {
+	case "serve":
+		if len(args) > 0 {
+			return &UsageError{Msg: "serve takes no arguments"}
+		}
+		return serve(ctx, env, log)
+	case "migrate":
+		return migrateCmd(args, env)
+	case "locks":
+		return locksCmd(ctx, args, env)
+	case "replay":
+		return replayCmd(ctx, args, env, log)
+	case "bench":
+		return benchCmd(ctx, args, env)
+	case "help", "-h", "--help":
+		_, _ = io.WriteString(env.Stdout, usage)
+		return nil
+	}
+	return &UsageError{Msg: fmt.Sprintf("unknown command %q", cmd)}
+}
+
+func logLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}
+
+// Server is lockstep's HTTP service over one pool.
+type Server struct {
+	Handler http.Handler
+	Billing *billing.Service
+	Metrics *metrics.Metrics
+	Locks   *lockmgr.Manager
+}
+
+// NewServer builds the service from cfg on pool.
+func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server {
+	m := metrics.New()
+	m.RegisterPool(pool)
+	lcfg := lockmgr.DefaultConfig()
+	if cfg.LockTimeout > 0 {
+		lcfg.LockTimeout = cfg.LockTimeout
+	}
+	if cfg.RetryBudget > 0 {
+		lcfg.RetryBudget = cfg.RetryBudget
+	}
+	locks := lockmgr.New(pool, lcfg, m, log)
+	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, 10*time.Second)
+	svc := billing.NewService(locks, api, log)
+	m.RegisterLedger(svc.LedgerCounts, log)
+	h := handlers.New(handlers.Deps{
+		Billing:    svc,
+		Verifier:   stripeapi.NewVerifier(cfg.WebhookSecrets),
+		Metrics:    m,
+		Log:        log,
+		AppToken:   cfg.AppAPIToken,
+		AdminToken: cfg.AdminToken,
+		Ready:      func(ctx context.Context) error { return Ready(ctx, pool) },
+		Locks:      func(ctx context.Context) ([]lockmgr.LockInfo, error) { return lockmgr.ListLocks(ctx, pool) },
+	})
+	return &Server{Handler: h, Billing: svc, Metrics: m, Locks: locks}
+}
+
+// Ready reports whether the database answers and its schema is the latest
+// this binary knows.
+func Ready(ctx context.Context, pool *pgxpool.Pool) error {
+	var version int64
+	var dirty bool
+	err := pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	switch {
+	case err != nil:
+		return fmt.Errorf("database: %w", err)
+	case dirty:
+		return fmt.Errorf("schema version %d is dirty (a migration failed)", version)
+	case version != int64(schema.Latest):
+		return fmt.Errorf("schema version %d, want %d", version, schema.Latest)
+	}
+	return nil
+}
+
+func serve(ctx context.Context, env Env, log *slog.Logger) error {
+	cfg, err := config.Load(env.Getenv, config.NeedDatabase|config.NeedServer)
+	if err != nil {
+		return err
+	}
+	if len(cfg.DevDefaults) > 0 {
+		fmt.Fprintf(env.Stderr, "development mode: unset variables filled with development values:\n")
+		for _, name := range cfg.DevDefaults {
+			fmt.Fprintf(env.Stderr, "  %s=%s\n", name, devValue(cfg, name))
+		}
+		fmt.Fprintf(env.Stderr, "  (stripe listen prints its own whsec_; put it in STRIPE_WEBHOOK_SECRET to use it)\n")
+	}
+	log.Info("starting", slog.String("config", cfg.String()))
+	if err := schema.Up(cfg.MigrateURL()); err != nil {
+		return err
+	}
+	pool, err := lockmgr.OpenPool(ctx, cfg.DatabaseURL, cfg.MaxConns)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	srv := NewServer(cfg, pool, log)
+
+	ln, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.Int("schema_version", int(schema.Latest)))
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining in-flight requests", slog.Duration("timeout", cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func devValue(cfg *config.Config, name string) string {
+	switch name {
+	case "STRIPE_WEBHOOK_SECRET":
+		return cfg.WebhookSecrets[0]
+	case "STRIPE_SECRET_KEY":
+		return cfg.StripeSecretKey
+	case "APP_API_TOKEN":
+		return cfg.AppAPIToken
+	case "ADMIN_TOKEN":
+		return cfg.AdminToken
+	}
+	return ""
+}
+
+func migrateCmd(args []string, env Env) error {
+	cfg, err := config.Load(env.Getenv, config.NeedDatabase)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(args) == 1 && args[0] == "up":
+		if err := schema.Up(cfg.MigrateURL()); err != nil {
+			return err
+		}
+	case len(args) == 2 && args[0] == "down":
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n < 1 {
+			return &UsageError{Msg: fmt.Sprintf("migrate down: N must be a positive number, got %q", args[1])}
+		}
+		if err := schema.Down(cfg.MigrateURL(), n); err != nil {
+			return err
+		}
+	case len(args) == 1 && args[0] == "version":
+	default:
+		return &UsageError{Msg: "migrate takes up, down N or version"}
+	}
+	v, dirty, err := schema.Version(cfg.MigrateURL())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "schema version %d (latest %d)%s\n", v, schema.Latest, map[bool]string{true: " DIRTY", false: ""}[dirty])
+	return nil
+}

@@ -1,0 +1,74 @@
+// Package billing holds lockstep's rules for Stripe billing state: the
+// customer-to-user mapping, subscriptions and invoices, and the webhook
+// event ledger. Every write goes through lockmgr, inside one transaction
+// holding the customer's advisory lock; Stripe is only called before such a
+// transaction begins.
+package billing
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// Domain errors. handlers maps each to an HTTP status in one place.
+var (
+	ErrSessionNotFound  = errors.New("checkout session not found")
+	ErrSessionOtherUser = errors.New("checkout session belongs to another user")
+	ErrSessionExpired   = errors.New("checkout session expired")
+	ErrCustomerClaimed  = errors.New("stripe customer belongs to another user")
+	ErrUserNotFound     = errors.New("no billing record for user")
+	ErrEventNotFound    = errors.New("event not found")
+	ErrInvalidUser      = errors.New("invalid user id")
+)
+
+// DBTX is what repository functions need; *pgxpool.Pool and pgx.Tx both
+// satisfy it, so the same code runs inside any transaction.
+type DBTX interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+var (
+	_ DBTX = (*pgxpool.Pool)(nil)
+	_ DBTX = (pgx.Tx)(nil)
+)
+
+// Stripe is the part of Stripe's API the service reads.
+type Stripe interface {
+	CheckoutSession(ctx context.Context, id string) (*stripeapi.CheckoutSession, error)
+	Subscription(ctx context.Context, id string) (*stripeapi.Subscription, error)
+}
+
+// Service applies webhooks and checkout-success calls.
+type Service struct {
+	locks  *lockmgr.Manager
+	db     *pgxpool.Pool
+	stripe Stripe
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// NewService returns a Service writing through locks and reading Stripe
+// through api.
+func NewService(locks *lockmgr.Manager, api Stripe, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log, now: time.Now}
+}
+
+// fetchTime is the moment a fetched object is taken to describe, in the
+// database's microsecond precision.
+func (s *Service) fetchTime() time.Time {
+	return s.now().UTC().Truncate(time.Microsecond)
+}

@@ -1,0 +1,155 @@
+package billing
+
+import (
+	"context"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// Ledger statuses of stripe_events.
+const (
+	StatusProcessed = "processed"
+	StatusFailed    = "failed"
+	StatusIgnored   = "ignored"
+)
+
+// maxErrorLen bounds last_error.
+const maxErrorLen = 1000
+
+// eventStatus returns the event's ledger status, or "" if it has none.
+func eventStatus(ctx context.Context, db DBTX, eventID string) (string, error) {
+	var st string
+	err := db.QueryRow(ctx, `SELECT status FROM stripe_events WHERE event_id = $1`, eventID).Scan(&st)
+	if isNoRows(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read event %s: %w", eventID, err)
+	}
+	return st, nil
+}
+
+// markProcessed records the event as processed in the transaction that
+// applied it, so the mutation and the mark commit together.
+func markProcessed(ctx context.Context, db DBTX, ev *stripeapi.Event, customerID, note string) error {
+	const q = `
+INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
+    attempts, last_error, payload, processed_at)
+VALUES ($1, $2, $3, $4, $5, 'processed', 1, $6, $7, now())
+ON CONFLICT (event_id) DO UPDATE SET
+    status = 'processed', attempts = stripe_events.attempts + 1, last_error = excluded.last_error,
+    processed_at = now(), updated_at = now()`
+	if _, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
+		nullString(note), string(ev.Payload)); err != nil {
+		return fmt.Errorf("mark event %s processed: %w", ev.ID, err)
+	}
+	return nil
+}
+
+// recordIgnored records an event lockstep does not act on. It reports false
+// when the event was already in the ledger.
+func recordIgnored(ctx context.Context, db DBTX, ev *stripeapi.Event, customerID, reason string) (bool, error) {
+	const q = `
+INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
+    attempts, last_error, payload, processed_at)
+VALUES ($1, $2, $3, $4, $5, 'ignored', 1, $6, $7, now())
+ON CONFLICT (event_id) DO NOTHING`
+	tag, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created, reason, string(ev.Payload))
+	if err != nil {
+		return false, fmt.Errorf("record event %s ignored: %w", ev.ID, err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// recordFailed records a failure after the event's transaction rolled back.
+// It never downgrades an event another delivery has processed meanwhile.
+// It runs even when the request's context is done.
+func recordFailed(ctx context.Context, db DBTX, ev *stripeapi.Event, customerID string, cause error) error {
+	const q = `
+INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
+    attempts, last_error, payload)
+VALUES ($1, $2, $3, $4, $5, 'failed', 1, $6, $7)
+ON CONFLICT (event_id) DO UPDATE SET
+    status = 'failed', attempts = stripe_events.attempts + 1, last_error = excluded.last_error, updated_at = now()
+WHERE stripe_events.status = 'failed'`
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
+		truncate(cause.Error(), maxErrorLen), string(ev.Payload)); err != nil {
+		return fmt.Errorf("record event %s failed: %w", ev.ID, err)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// EventRecord is a ledger row as operators see it.
+type EventRecord struct {
+	EventID       string     `json:"event_id"`
+	Type          string     `json:"type"`
+	CustomerID    string     `json:"stripe_customer_id,omitempty"`
+	Status        string     `json:"status"`
+	Attempts      int        `json:"attempts"`
+	LastError     string     `json:"last_error,omitempty"`
+	StripeCreated time.Time  `json:"stripe_created"`
+	ReceivedAt    time.Time  `json:"received_at"`
+	ProcessedAt   *time.Time `json:"processed_at,omitempty"`
+}
+
+// ListEvents returns ledger rows with the given status ("" for all), oldest
+// Stripe time first, at most limit.
+func (s *Service) ListEvents(ctx context.Context, status string, limit int) ([]EventRecord, error) {
+	const q = `
+SELECT event_id, type, coalesce(stripe_customer_id, ''), status, attempts, coalesce(last_error, ''),
+       stripe_created, received_at, processed_at
+FROM stripe_events WHERE $1 = '' OR status = $1
+ORDER BY stripe_created, event_id LIMIT $2`
+	rows, err := s.db.Query(ctx, q, status, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list events: %w", err)
+	}
+	defer rows.Close()
+	out := []EventRecord{}
+	for rows.Next() {
+		var e EventRecord
+		if err := rows.Scan(&e.EventID, &e.Type, &e.CustomerID, &e.Status, &e.Attempts, &e.LastError,
+			&e.StripeCreated, &e.ReceivedAt, &e.ProcessedAt); err != nil {
+			return nil, fmt.Errorf("list events: %w", err)
+		}
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list events: %w", err)
+	}
+	return out, nil
+}
+
+// LedgerCounts returns the number of ledger rows by status.
+func (s *Service) LedgerCounts(ctx context.Context) (map[string]int64, error) {
+	rows, err := s.db.Query(ctx, `SELECT status, count(*) FROM stripe_events GROUP BY status`)
+	if err != nil {
+		return nil, fmt.Errorf("count events: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{StatusProcessed: 0, StatusFailed: 0, StatusIgnored: 0}
+	for rows.Next() {
+		var st string
+		var n int64
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count events: %w", err)
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,267 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// Outcome is what processing an event came to.
+type Outcome string
+
+const (
+	Processed Outcome = "processed" // applied now
+	Duplicate Outcome = "duplicate" // already processed or ignored: nothing changed
+	Ignored   Outcome = "ignored"   // recorded, not acted on
+	Failed    Outcome = "failed"    // recorded as failed; see the error
+)
+
+// EventResult is the outcome of one event, with a note for the ledger (why
+// it was ignored, or a mapping change that was refused).
+type EventResult struct {
+	Outcome Outcome
+	Note    string
+}
+
+// action is an event parsed for the processor: the customer it locks and
+// the one object it carries.
+type action struct {
+	customerID string
+	session    *stripeapi.CheckoutSession
+	customer   *stripeapi.Customer
+	sub        *stripeapi.Subscription
+	invoice    *stripeapi.Invoice
+}
+
+// handledTypes are the event types lockstep acts on; others are ignored.
+var handledTypes = map[string]func(b []byte) (*action, error){
+	"checkout.session.completed":                   parseSessionAction,
+	"checkout.session.async_payment_succeeded":     parseSessionAction,
+	"checkout.session.async_payment_failed":        parseSessionAction,
+	"customer.created":                             parseCustomerAction,
+	"customer.updated":                             parseCustomerAction,
+	"customer.deleted":                             parseCustomerAction,
+	"customer.subscription.created":                parseSubscriptionAction,
+	"customer.subscription.updated":                parseSubscriptionAction,
+	"customer.subscription.deleted":                parseSubscriptionAction,
+	"customer.subscription.paused":                 parseSubscriptionAction,
+	"customer.subscription.resumed":                parseSubscriptionAction,
+	"customer.subscription.trial_will_end":         parseSubscriptionAction,
+	"customer.subscription.pending_update_applied": parseSubscriptionAction,
+	"invoice.paid":                                 parseInvoiceAction,
+	"invoice.payment_failed":                       parseInvoiceAction,
+	"invoice.payment_succeeded":                    parseInvoiceAction,
+	"invoice.finalized":                            parseInvoiceAction,
+	"invoice.voided":                               parseInvoiceAction,
+	"invoice.marked_uncollectible":                 parseInvoiceAction,
+}
+
+func parseSessionAction(b []byte) (*action, error) {
+	s, err := stripeapi.ParseCheckoutSession(b)
+	if err != nil {
+		return nil, err
+	}
+	return &action{customerID: s.CustomerID, session: s}, nil
+}
+
+func parseCustomerAction(b []byte) (*action, error) {
+	c, err := stripeapi.ParseCustomer(b)
+	if err != nil {
+		return nil, err
+	}
+	return &action{customerID: c.ID, customer: c}, nil
+}
+
+func parseSubscriptionAction(b []byte) (*action, error) {
+	s, err := stripeapi.ParseSubscription(b)
+	if err != nil {
+		return nil, err
+	}
+	return &action{customerID: s.CustomerID, sub: s}, nil
+}
+
+func parseInvoiceAction(b []byte) (*action, error) {
+	inv, err := stripeapi.ParseInvoice(b)
+	if err != nil {
+		return nil, err
+	}
+	return &action{customerID: inv.CustomerID, invoice: inv}, nil
+}
+
+// PrepareEvent checks that ev's object is what its type promises, before
+// anything is written. An error wraps stripeapi.ErrMalformed.
+func PrepareEvent(ev *stripeapi.Event) error {
+	_, err := prepare(ev)
+	return err
+}
+
+func prepare(ev *stripeapi.Event) (*action, error) {
+	parse, ok := handledTypes[ev.Type]
+	if !ok {
+		return nil, nil
+	}
+	return parse(ev.Object)
+}
+
+// ProcessEvent applies a verified webhook event exactly once. The mutation
+// and the ledger's processed mark commit together under the customer's
+// lock; a failure is recorded after the rollback, and a later delivery (or
+// a replay) processes the event again. An error is returned only with
+// Failed (or for a malformed event, with nothing written).
+func (s *Service) ProcessEvent(ctx context.Context, ev *stripeapi.Event) (EventResult, error) {
+	return s.processEvent(ctx, ev, "webhook")
+}
+
+func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer string) (EventResult, error) {
+	act, err := prepare(ev)
+	if err != nil {
+		return EventResult{}, err
+	}
+	switch {
+	case act == nil:
+		return s.ignore(ctx, ev, "", "event type not handled")
+	case act.customerID == "":
+		return s.ignore(ctx, ev, "", "event names no customer")
+	}
+	// A cheap read first: most duplicates stop here without taking the lock.
+	switch st, err := eventStatus(ctx, s.db, ev.ID); {
+	case err != nil:
+		return s.fail(ctx, ev, act, err)
+	case st == StatusProcessed || st == StatusIgnored:
+		return EventResult{Outcome: Duplicate}, nil
+	}
+
+	res, err := s.applyEvent(ctx, ev, act, nil, time.Time{}, writer)
+	if errors.Is(err, errTie) {
+		// Two snapshots of the same second: ask Stripe, outside the lock.
+		fresh, ferr := s.stripe.Subscription(ctx, act.sub.ID)
+		if ferr != nil {
+			err = fmt.Errorf("settle same-second events of subscription %s: %w", act.sub.ID, ferr)
+		} else {
+			s.log.InfoContext(ctx, "same-second subscription events settled from the api",
+				slog.String("event_id", ev.ID), slog.String("subscription", act.sub.ID))
+			res, err = s.applyEvent(ctx, ev, act, fresh, s.fetchTime(), writer)
+		}
+	}
+	if err != nil {
+		return s.fail(ctx, ev, act, err)
+	}
+	return res, nil
+}
+
+func (s *Service) ignore(ctx context.Context, ev *stripeapi.Event, customerID, reason string) (EventResult, error) {
+	inserted, err := recordIgnored(ctx, s.db, ev, customerID, reason)
+	if err != nil {
+		return EventResult{Outcome: Failed}, err
+	}
+	if !inserted {
+		return EventResult{Outcome: Duplicate}, nil
+	}
+	return EventResult{Outcome: Ignored, Note: reason}, nil
+}
+
+func (s *Service) fail(ctx context.Context, ev *stripeapi.Event, act *action, cause error) (EventResult, error) {
+	if err := recordFailed(ctx, s.db, ev, act.customerID, cause); err != nil {
+		s.log.ErrorContext(ctx, "could not record event failure", slog.String("event_id", ev.ID),
+			slog.String("error", err.Error()))
+	}
+	return EventResult{Outcome: Failed}, cause
+}
+
+// applyEvent runs the event's transaction. fresh, when set, is the
+// subscription as fetched from Stripe at freshAt and replaces the event's own.
+func (s *Service) applyEvent(ctx context.Context, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time, writer string) (EventResult, error) {
+	var res EventResult
+	err := s.locks.InCustomerTx(ctx, act.customerID, lockmgr.Who{Writer: writer, Ref: ev.ID}, func(ctx context.Context, tx pgx.Tx) error {
+		st, err := eventStatus(ctx, tx, ev.ID)
+		if err != nil {
+			return err
+		}
+		if st == StatusProcessed || st == StatusIgnored {
+			res = EventResult{Outcome: Duplicate}
+			return nil
+		}
+		note, err := s.apply(ctx, tx, ev, act, fresh, freshAt)
+		if err != nil {
+			return err
+		}
+		res = EventResult{Outcome: Processed, Note: note}
+		return markProcessed(ctx, tx, ev, act.customerID, note)
+	})
+	return res, err
+}
+
+// apply makes the event's change inside its transaction and returns a note
+// for the ledger when part of it was refused.
+func (s *Service) apply(ctx context.Context, tx pgx.Tx, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time) (string, error) {
+	if err := ensureCustomer(ctx, tx, act.customerID); err != nil {
+		return "", err
+	}
+	switch {
+	case act.session != nil:
+		return s.linkFromWebhook(ctx, tx, ev, act.customerID, act.session.ClaimedUsers(), act.session.Created)
+
+	case act.customer != nil:
+		var note string
+		if u := act.customer.MetadataUserID; u != "" {
+			var err error
+			if note, err = s.linkFromWebhook(ctx, tx, ev, act.customerID, []string{u}, act.customer.Created); err != nil {
+				return "", err
+			}
+		}
+		if ev.Type == "customer.deleted" || act.customer.Deleted {
+			return note, markCustomerDeleted(ctx, tx, act.customerID)
+		}
+		return note, nil
+
+	case act.sub != nil:
+		if fresh != nil {
+			_, err := applySubscription(ctx, tx, fresh, freshAt, "api")
+			return "", err
+		}
+		_, err := applySubscription(ctx, tx, act.sub, ev.Created, ev.ID)
+		return "", err
+
+	case act.invoice != nil:
+		return "", applyInvoice(ctx, tx, act.invoice, ev.Created, ev.ID)
+	}
+	return "", nil
+}
+
+// linkFromWebhook maps the user named by an event when nobody is mapped yet.
+// A webhook never re-points a mapping: a refusal is noted, not an error, so
+// Stripe does not retry what can never succeed.
+func (s *Service) linkFromWebhook(ctx context.Context, tx pgx.Tx, ev *stripeapi.Event, customerID string, users []string, at time.Time) (string, error) {
+	switch len(users) {
+	case 0:
+		return "", nil
+	case 1:
+	default:
+		return "mapping refused: the object names two different users", nil
+	}
+	res, err := linkUser(ctx, tx, customerID, users[0], at, webhookLink)
+	switch {
+	case errors.Is(err, ErrCustomerClaimed):
+		s.log.WarnContext(ctx, "webhook names another user for a mapped customer; mapping kept",
+			slog.String("event_id", ev.ID), slog.String("customer", customerID))
+		return "mapping refused: customer is mapped to another user", nil
+	case err != nil:
+		return "", err
+	case res == LinkRefused:
+		return "mapping refused: user is mapped to another customer (the checkout-success call re-points)", nil
+	}
+	return "", nil
+}
+
+// Handles reports whether lockstep acts on events of type t.
+func Handles(t string) bool {
+	_, ok := handledTypes[t]
+	return ok
+}

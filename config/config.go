@@ -1,0 +1,259 @@
+// Package config reads lockstep's configuration from the environment into
+// one struct, checks it, and prints it with secrets masked.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is lockstep's whole configuration.
+type Config struct {
+	DatabaseURL        string
+	MigrateDatabaseURL string // direct connection for migrations; DatabaseURL when empty
+	ListenAddr         string
+	WebhookSecrets     []string
+	StripeSecretKey    string
+	StripeAPIBase      string
+	AppAPIToken        string
+	AdminToken         string
+	Development        bool
+	LockTimeout        time.Duration
+	RetryBudget        time.Duration
+	MaxConns           int32
+	ShutdownTimeout    time.Duration
+
+	// DevDefaults names the variables that were unset and filled with
+	// development values (only when Development).
+	DevDefaults []string
+}
+
+// Development values, used only under LOCKSTEP_ENV=development and printed,
+// so a newcomer can sign a test event straight away. They are fixed so that
+// `stripe listen` and curl examples in the README keep working across runs.
+const (
+	DevWebhookSecret = "whsec_lockstep_development_only"
+	DevSecretKey     = "sk_test_lockstep_development_only"
+	DevAppAPIToken   = "dev-app-token"
+	DevAdminToken    = "dev-admin-token"
+)
+
+// Error is a configuration problem, naming the variable.
+type Error struct {
+	Var    string
+	Reason string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("config: %s %s", e.Var, e.Reason) }
+
+// Needs says which parts of the configuration a command uses.
+type Needs int
+
+const (
+	NeedDatabase Needs = 1 << iota
+	NeedServer         // listen address, secrets, tokens
+)
+
+// Load reads the environment through getenv.
+func Load(getenv func(string) string, needs Needs) (*Config, error) {
+	c := &Config{
+		DatabaseURL:        strings.TrimSpace(getenv("DATABASE_URL")),
+		MigrateDatabaseURL: strings.TrimSpace(getenv("MIGRATE_DATABASE_URL")),
+		ListenAddr:         or(getenv("LISTEN_ADDR"), "127.0.0.1:8080"),
+		StripeSecretKey:    strings.TrimSpace(getenv("STRIPE_SECRET_KEY")),
+		StripeAPIBase:      or(getenv("STRIPE_API_BASE"), "https://api.stripe.com"),
+		AppAPIToken:        strings.TrimSpace(getenv("APP_API_TOKEN")),
+		AdminToken:         strings.TrimSpace(getenv("ADMIN_TOKEN")),
+		Development:        getenv("LOCKSTEP_ENV") == "development",
+	}
+	var errs []error
+	add := func(v, reason string) { errs = append(errs, &Error{Var: v, Reason: reason}) }
+
+	switch env := getenv("LOCKSTEP_ENV"); env {
+	case "", "production", "development":
+	default:
+		add("LOCKSTEP_ENV", fmt.Sprintf("must be production or development, got %q", env))
+	}
+	var err error
+	if c.LockTimeout, err = duration(getenv, "LOCK_TIMEOUT", 1500*time.Millisecond); err != nil {
+		errs = append(errs, err)
+	}
+	if c.RetryBudget, err = duration(getenv, "RETRY_BUDGET", 4*time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	if c.ShutdownTimeout, err = duration(getenv, "SHUTDOWN_TIMEOUT", 15*time.Second); err != nil {
+		errs = append(errs, err)
+	}
+	c.MaxConns = 20
+	if v := getenv("DB_MAX_CONNS"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 32)
+		if err != nil || n < 2 || n > 1000 {
+			add("DB_MAX_CONNS", "must be a whole number from 2 to 1000")
+		}
+		c.MaxConns = int32(n)
+	}
+
+	if needs&NeedDatabase != 0 {
+		if c.DatabaseURL == "" {
+			add("DATABASE_URL", "is required (a postgres:// URL)")
+		} else if err := checkPostgresURL(c.DatabaseURL); err != nil {
+			add("DATABASE_URL", err.Error())
+		}
+		if c.MigrateDatabaseURL != "" {
+			if err := checkPostgresURL(c.MigrateDatabaseURL); err != nil {
+				add("MIGRATE_DATABASE_URL", err.Error())
+			}
+		}
+	}
+	if needs&NeedServer != 0 {
+		if _, port, err := net.SplitHostPort(c.ListenAddr); err != nil || port == "" {
+			add("LISTEN_ADDR", fmt.Sprintf("must be host:port, got %q", c.ListenAddr))
+		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+			add("LISTEN_ADDR", fmt.Sprintf("has a bad port %q", port))
+		}
+		if u, err := url.Parse(c.StripeAPIBase); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("STRIPE_API_BASE", "must be an http(s) URL")
+		}
+		c.fill(getenv("STRIPE_WEBHOOK_SECRET"), add)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+// fill reads the secrets and tokens, filling development values when allowed.
+func (c *Config) fill(secrets string, add func(v, reason string)) {
+	for _, s := range strings.Split(secrets, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			c.WebhookSecrets = append(c.WebhookSecrets, s)
+		}
+	}
+	dev := func(name string, dst *string, val string) {
+		if *dst == "" && c.Development {
+			*dst = val
+			c.DevDefaults = append(c.DevDefaults, name)
+		}
+	}
+	if len(c.WebhookSecrets) == 0 && c.Development {
+		c.WebhookSecrets = []string{DevWebhookSecret}
+		c.DevDefaults = append(c.DevDefaults, "STRIPE_WEBHOOK_SECRET")
+	}
+	dev("STRIPE_SECRET_KEY", &c.StripeSecretKey, DevSecretKey)
+	dev("APP_API_TOKEN", &c.AppAPIToken, DevAppAPIToken)
+	dev("ADMIN_TOKEN", &c.AdminToken, DevAdminToken)
+
+	if len(c.WebhookSecrets) == 0 {
+		add("STRIPE_WEBHOOK_SECRET", "is required (one or more whsec_ secrets, comma-separated)")
+	}
+	for i, s := range c.WebhookSecrets {
+		if !strings.HasPrefix(s, "whsec_") || len(s) < len("whsec_")+8 {
+			add("STRIPE_WEBHOOK_SECRET", fmt.Sprintf("secret #%d is not a whsec_ secret", i+1))
+		}
+	}
+	switch {
+	case c.StripeSecretKey == "":
+		add("STRIPE_SECRET_KEY", "is required (sk_live_, sk_test_ or rk_ key)")
+	case !strings.HasPrefix(c.StripeSecretKey, "sk_") && !strings.HasPrefix(c.StripeSecretKey, "rk_"):
+		add("STRIPE_SECRET_KEY", "must start with sk_ or rk_")
+	}
+	if c.AppAPIToken == "" {
+		add("APP_API_TOKEN", "is required")
+	} else if len(c.AppAPIToken) < 12 && !c.Development {
+		add("APP_API_TOKEN", "must be at least 12 characters")
+	}
+	if c.AdminToken == "" {
+		add("ADMIN_TOKEN", "is required")
+	} else if len(c.AdminToken) < 12 && !c.Development {
+		add("ADMIN_TOKEN", "must be at least 12 characters")
+	}
+}
+
+func checkPostgresURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return errors.New("is not a URL")
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return fmt.Errorf("must be a postgres:// URL, got scheme %q", u.Scheme)
+	}
+	return nil
+}
+
+func duration(getenv func(string) string, name string, def time.Duration) (time.Duration, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 || d > 10*time.Minute {
+		return 0, &Error{Var: name, Reason: fmt.Sprintf("must be a duration such as 1500ms, got %q", v)}
+	}
+	return d, nil
+}
+
+func or(v, def string) string {
+	if v = strings.TrimSpace(v); v != "" {
+		return v
+	}
+	return def
+}
+
+// MigrateURL is the URL migrations run on: a direct connection.
+func (c *Config) MigrateURL() string {
+	if c.MigrateDatabaseURL != "" {
+		return c.MigrateDatabaseURL
+	}
+	return c.DatabaseURL
+}
+
+// Redact masks a secret, keeping its prefix up to the first underscore run
+// and its last 4 characters when long enough to stay unguessable.
+func Redact(s string) string {
+	if s == "" {
+		return ""
+	}
+	prefix := ""
+	for _, p := range []string{"whsec_", "sk_test_", "sk_live_", "rk_test_", "rk_live_", "sk_", "rk_"} {
+		if strings.HasPrefix(s, p) {
+			prefix = p
+			break
+		}
+	}
+	return prefix + "****"
+}
+
+// RedactURL hides the password of a database URL.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "****")
+	}
+	return u.String()
+}
+
+// String prints the configuration with every secret masked.
+func (c *Config) String() string {
+	secrets := make([]string, len(c.WebhookSecrets))
+	for i, s := range c.WebhookSecrets {
+		secrets[i] = Redact(s)
+	}
+	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s",
+		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
+		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget)
+}
+
+func maskToken(t string) string {
+	if t == "" {
+		return ""
+	}
+	return "****"
+}

@@ -1,0 +1,76 @@
+package handlers
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/gorilla/mux"
+
+	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/logging"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+type checkoutRequest struct {
+	SessionID string `json:"session_id"`
+	UserID    string `json:"user_id"`
+}
+
+type checkoutResponse struct {
+	Redirect string `json:"redirect"`
+	*billing.CheckoutResult
+}
+
+// checkoutSuccess syncs a checkout session for the success page.
+func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
+	var req checkoutRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "body must be JSON {\"session_id\": \"cs_...\", \"user_id\": \"...\"}")
+		return
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, "body must hold one JSON object")
+		return
+	}
+	switch {
+	case !stripeapi.ValidID(req.SessionID, "cs_"):
+		writeError(w, http.StatusBadRequest, "session_id must be a checkout session id (cs_...)")
+		return
+	case !stripeapi.ValidUserID(req.UserID):
+		writeError(w, http.StatusBadRequest, "user_id must be 1 to 255 characters without control characters")
+		return
+	}
+	ctx := logging.With(r.Context(), slog.String("session_id", req.SessionID))
+	res, err := s.Billing.SyncCheckout(ctx, req.SessionID, req.UserID)
+	if err != nil {
+		code := writeStatus(w, err)
+		s.Metrics.CheckoutOutcome(http.StatusText(code))
+		level := slog.LevelWarn
+		if code >= 500 {
+			level = slog.LevelError
+		}
+		s.Log.Log(ctx, level, "checkout success failed", slog.Int("status", code), slog.String("error", err.Error()))
+		return
+	}
+	if !res.Paid {
+		s.Metrics.CheckoutOutcome("pending")
+		writeJSON(w, http.StatusAccepted, checkoutResponse{Redirect: "/checkout/processing", CheckoutResult: res})
+		return
+	}
+	s.Metrics.CheckoutOutcome("paid")
+	writeJSON(w, http.StatusOK, checkoutResponse{Redirect: "/dashboard", CheckoutResult: res})
+}
+
+// userBilling serves the paywall's read.
+func (s *server) userBilling(w http.ResponseWriter, r *http.Request) {
+	v, err := s.Billing.UserBilling(r.Context(), mux.Vars(r)["user_id"])
+	if err != nil {
+		writeStatus(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}

@@ -1,0 +1,76 @@
+package handlers
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/logging"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// webhook receives Stripe events. Nothing is written for a request that is
+// unsigned, too old, too large or not a Stripe event. A verified event is
+// processed exactly once; a transient failure that outlived the retry budget
+// answers 503 so Stripe redelivers it, and the ledger records it as failed.
+func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxWebhookBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			s.Metrics.WebhookRejected("too_large")
+			writeError(w, http.StatusRequestEntityTooLarge, "body over 1 MiB")
+			return
+		}
+		writeError(w, http.StatusBadRequest, "cannot read body")
+		return
+	}
+	idx, err := s.Verifier.Verify(body, r.Header.Get("Stripe-Signature"))
+	if err != nil {
+		reason := "signature"
+		if errors.Is(err, stripeapi.ErrTooOld) {
+			reason = "too_old"
+		}
+		s.Metrics.WebhookRejected(reason)
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.Metrics.SecretMatched(idx)
+	ev, err := stripeapi.ParseEvent(body)
+	if err == nil {
+		err = billing.PrepareEvent(ev)
+	}
+	if err != nil {
+		s.Metrics.WebhookRejected("malformed")
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ctx := logging.With(r.Context(), slog.String("event_id", ev.ID), slog.String("event_type", ev.Type))
+	res, err := s.Billing.ProcessEvent(ctx, ev)
+	if err != nil {
+		s.Metrics.WebhookEvent(ev.Type, string(billing.Failed))
+		code, reason := status(err)
+		if code == http.StatusInternalServerError {
+			// A permanent failure: recorded as failed for replay after a fix.
+			// 422 rather than 5xx: it is not transient.
+			code, reason = http.StatusUnprocessableEntity, "event could not be applied; recorded as failed"
+		}
+		s.Log.ErrorContext(ctx, "webhook event failed", slog.Int("status", code), slog.String("error", err.Error()))
+		if code >= 500 {
+			w.Header().Set("Retry-After", "1")
+		}
+		writeError(w, code, reason)
+		return
+	}
+	s.Metrics.WebhookEvent(ev.Type, string(res.Outcome))
+	if res.Note != "" {
+		s.Log.InfoContext(ctx, "webhook event", slog.String("outcome", string(res.Outcome)), slog.String("note", res.Note))
+	}
+	out := map[string]string{"status": string(res.Outcome)}
+	if res.Note != "" {
+		out["note"] = res.Note
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,95 @@
+package lockmgr
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Class is what lockmgr makes of a database error: whether trying the same
+// transaction again can succeed.
+type Class int
+
+const (
+	// Permanent errors never succeed on retry: bad data (22xxx), integrity
+	// (23xxx), syntax or schema (42xxx), or an error of the application.
+	Permanent Class = iota
+	// Transient errors are worth another attempt: serialization failure,
+	// deadlock, lock timeout, a terminated backend, a dropped connection.
+	Transient
+)
+
+// transientStates are the SQLSTATEs retried. Everything else is permanent.
+var transientStates = map[string]bool{
+	"40001": true,                                                             // serialization_failure
+	"40P01": true,                                                             // deadlock_detected
+	"55P03": true,                                                             // lock_not_available (lock_timeout)
+	"57014": true,                                                             // query_canceled (statement_timeout; a cancelled context stops the retry loop first)
+	"57P01": true,                                                             // admin_shutdown (pg_terminate_backend, fast shutdown)
+	"57P02": true,                                                             // crash_shutdown
+	"57P03": true,                                                             // cannot_connect_now (starting up, shutting down)
+	"53300": true,                                                             // too_many_connections
+	"08000": true, "08003": true, "08006": true, "08001": true, "08004": true, // connection exceptions
+}
+
+// SQLState returns the SQLSTATE of the PostgreSQL error in err's chain, or ""
+// when there is none.
+func SQLState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// Classify says whether err is worth retrying. It is the one place lockstep
+// decides that; it walks wrapped errors.
+func Classify(err error) Class {
+	switch {
+	case err == nil:
+		return Permanent
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return Permanent
+	}
+	if code := SQLState(err); code != "" {
+		if transientStates[code] {
+			return Transient
+		}
+		return Permanent
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	switch {
+	case pgconn.SafeToRetry(err),
+		errors.As(err, &connectErr),
+		errors.As(err, &netErr),
+		errors.Is(err, io.EOF),
+		errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, net.ErrClosed):
+		return Transient
+	}
+	// pgconn reports a connection that died under it with plain errors
+	// ("conn closed", "unexpected EOF" wrapped as text by some paths).
+	msg := err.Error()
+	if strings.Contains(msg, "conn closed") || strings.Contains(msg, "connection reset") ||
+		strings.Contains(msg, "broken pipe") || strings.Contains(msg, "unexpected EOF") {
+		return Transient
+	}
+	return Permanent
+}
+
+// IsTransient reports whether err is worth retrying.
+func IsTransient(err error) bool { return Classify(err) == Transient }
+
+// retryLabel is the label a retry is counted under: the SQLSTATE, or
+// "connection" for a connection that failed without one.
+func retryLabel(err error) string {
+	if code := SQLState(err); code != "" {
+		return code
+	}
+	return "connection"
+}

@@ -1,0 +1,245 @@
+// Package lockmgr runs lockstep's writes: one transaction per customer
+// mutation that first takes pg_advisory_xact_lock(hashtext(customer id)), so
+// writers for the same customer serialize across goroutines, processes and
+// machines, with transient database failures retried under a bounded budget.
+//
+// It is the only code in lockstep that begins a transaction.
+package lockmgr
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// UserLockClass is the first key of the two-int4 advisory lock that guards a
+// user's mapping: pg_advisory_xact_lock(UserLockClass, hashtext(user_id)).
+// It is 'LSTS' in ASCII; the stripe_customer_locks view knows it.
+const UserLockClass = 1280529491
+
+// ErrEmptyCustomer is returned for a transaction asked to lock no customer.
+var ErrEmptyCustomer = errors.New("lockmgr: empty customer id")
+
+// Config bounds how long a writer may wait and retry.
+type Config struct {
+	// LockTimeout is SET LOCAL lock_timeout for every transaction: how long
+	// one attempt waits for a customer's lock (or any row lock) before it
+	// fails with 55P03 and is retried.
+	LockTimeout time.Duration
+	// StatementTimeout is SET LOCAL statement_timeout for every transaction.
+	StatementTimeout time.Duration
+	// RetryBudget caps the total time spent on one transaction's attempts.
+	RetryBudget time.Duration
+	// InitialBackoff and MaxBackoff shape the exponential, jittered wait
+	// between attempts.
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+}
+
+// DefaultConfig keeps a writer inside a few seconds: a customer's lock is
+// awaited at most 1.5 s per attempt and retried for at most 4 s in all.
+func DefaultConfig() Config {
+	return Config{
+		LockTimeout:      1500 * time.Millisecond,
+		StatementTimeout: 5 * time.Second,
+		RetryBudget:      4 * time.Second,
+		InitialBackoff:   20 * time.Millisecond,
+		MaxBackoff:       500 * time.Millisecond,
+	}
+}
+
+// Observer is told what the transactions do; the metrics package implements
+// it. Its methods must be cheap and safe for concurrent use.
+type Observer interface {
+	LockWaited(writer string, wait time.Duration)
+	LockHeld(writer string, hold time.Duration)
+	Retried(writer, sqlstate string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) LockWaited(string, time.Duration) {}
+func (nopObserver) LockHeld(string, time.Duration)   {}
+func (nopObserver) Retried(string, string)           {}
+
+// Manager runs customer transactions on a pool.
+type Manager struct {
+	pool *pgxpool.Pool
+	cfg  Config
+	obs  Observer
+	log  *slog.Logger
+}
+
+// New returns a Manager. A nil observer or logger is allowed.
+func New(pool *pgxpool.Pool, cfg Config, obs Observer, log *slog.Logger) *Manager {
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{pool: pool, cfg: cfg, obs: obs, log: log}
+}
+
+// Pool returns the pool the manager runs on, for reads that need no lock.
+func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
+
+// Who names a transaction for pg_stat_activity: the writer ("webhook",
+// "checkout", "replay") and what it works on (an event or session id).
+type Who struct {
+	Writer string
+	Ref    string
+}
+
+// applicationName is what the transaction sets as application_name, cut to
+// PostgreSQL's 63 bytes on a rune boundary.
+func (w Who) applicationName() string {
+	s := "lockstep " + w.Writer
+	if w.Ref != "" {
+		s += " " + w.Ref
+	}
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r > 0x7e {
+			return '?'
+		}
+		return r
+	}, s)
+	for len(s) > 63 {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
+}
+
+// beginQuery sets the transaction's timeouts and name, then takes the
+// customer's lock, in one round trip. The set_config calls run first, so the
+// lock wait already obeys lock_timeout.
+const beginQuery = `
+SELECT set_config('lock_timeout', $1, true),
+       set_config('statement_timeout', $2, true),
+       set_config('application_name', $3, true),
+       pg_advisory_xact_lock(hashtext($4))`
+
+// InCustomerTx runs fn in a transaction that holds customerID's advisory
+// lock. The transaction is committed when fn returns nil and rolled back
+// otherwise (or on panic). Transient failures (see Classify) retry the whole
+// transaction with exponential backoff and jitter until RetryBudget is
+// spent or ctx is done; fn must therefore be safe to run again, and must not
+// call out of the database. An error fn marks with backoff.Permanent, or
+// any permanent error, stops at once.
+func (m *Manager) InCustomerTx(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error) error {
+	if customerID == "" {
+		return ErrEmptyCustomer
+	}
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(m.cfg.InitialBackoff),
+		backoff.WithMaxInterval(m.cfg.MaxBackoff),
+		backoff.WithMaxElapsedTime(m.cfg.RetryBudget),
+		backoff.WithRandomizationFactor(0.5),
+	)
+	attempts := 0
+	op := func() error {
+		attempts++
+		err := m.attempt(ctx, customerID, who, fn)
+		if err == nil {
+			return nil
+		}
+		var perm *backoff.PermanentError
+		if errors.As(err, &perm) || ctx.Err() != nil || !IsTransient(err) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}
+	notify := func(err error, wait time.Duration) {
+		m.obs.Retried(who.Writer, retryLabel(err))
+		m.log.LogAttrs(ctx, slog.LevelWarn, "transient database error, retrying",
+			slog.String("customer", customerID), slog.String("writer", who.Writer),
+			slog.String("ref", who.Ref), slog.Int("attempt", attempts),
+			slog.String("sqlstate", retryLabel(err)), slog.Duration("backoff", wait),
+			slog.String("error", err.Error()))
+	}
+	err := backoff.RetryNotify(op, backoff.WithContext(b, ctx), notify)
+	if err == nil {
+		return nil
+	}
+	if attempts > 1 && IsTransient(err) {
+		return &RetryError{Attempts: attempts, Err: err}
+	}
+	return err
+}
+
+// RetryError is returned when transient failures outlived the retry budget.
+type RetryError struct {
+	Attempts int
+	Err      error
+}
+
+func (e *RetryError) Error() string {
+	return fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, e.Err)
+}
+
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// attempt is one try: begin, lock, fn, commit.
+func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
+	tx, err := m.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			rollback(ctx, tx)
+			panic(p)
+		}
+		if err != nil {
+			rollback(ctx, tx)
+		}
+	}()
+
+	start := time.Now()
+	if _, err = tx.Exec(ctx, beginQuery,
+		pgInterval(m.cfg.LockTimeout), pgInterval(m.cfg.StatementTimeout),
+		who.applicationName(), customerID); err != nil {
+		return fmt.Errorf("lock customer %s: %w", customerID, err)
+	}
+	locked := time.Now()
+	m.obs.LockWaited(who.Writer, locked.Sub(start))
+	defer func() { m.obs.LockHeld(who.Writer, time.Since(locked)) }()
+
+	if err = fn(ctx, tx); err != nil {
+		return err
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// rollback ends tx even when the request's context is already cancelled.
+func rollback(ctx context.Context, tx pgx.Tx) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_ = tx.Rollback(ctx) // a failed rollback closes the connection; the pool replaces it
+}
+
+// LockUser takes the user's advisory lock inside a customer transaction.
+// Whoever rewrites a user's mapping takes it, always after the customer's
+// lock, so two writers never wait on each other in opposite orders.
+func LockUser(ctx context.Context, tx pgx.Tx, userID string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, UserLockClass, userID); err != nil {
+		return fmt.Errorf("lock user: %w", err)
+	}
+	return nil
+}
+
+func pgInterval(d time.Duration) string {
+	return fmt.Sprintf("%dms", d.Milliseconds())
+}

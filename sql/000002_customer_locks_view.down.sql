@@ -1,0 +1,1 @@
+DROP VIEW IF EXISTS stripe_customer_locks;

@@ -1,0 +1,341 @@
+// Package stripeapi is lockstep's edge to Stripe: it verifies webhook
+// signatures, parses events and the objects lockstep reads (checkout
+// sessions, subscriptions, customers, invoices) whatever API version they
+// were rendered in, and fetches objects through stripe-go's HTTP backend.
+//
+// The objects are lockstep's own small structs rather than stripe-go's:
+// stripe-go v76 pins API version 2023-10-16, while webhooks arrive in the
+// account's version, and since 2025-03-31 fields such as current_period_end
+// moved from the subscription to its items. Parsing reads both shapes.
+package stripeapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Errors of parsing and of the API.
+var (
+	ErrMalformed   = errors.New("not a valid stripe object")
+	ErrNotFound    = errors.New("stripe object not found")
+	ErrUnavailable = errors.New("stripe api unavailable")
+)
+
+// MaxIDLength bounds every Stripe id lockstep accepts; Stripe's are shorter.
+const MaxIDLength = 255
+
+// ValidID reports whether s looks like a Stripe id with the given prefix:
+// the prefix, then letters, digits and underscores, at most MaxIDLength.
+func ValidID(s, prefix string) bool {
+	if len(s) <= len(prefix) || len(s) > MaxIDLength || s[:len(prefix)] != prefix {
+		return false
+	}
+	for i := len(prefix); i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// expandable is a field Stripe renders as an id, as an object with an id
+// (when expanded), or as null.
+type expandable struct {
+	ID  string
+	Raw json.RawMessage // the whole object when expanded
+}
+
+func (e *expandable) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case bytes.Equal(b, []byte("null")):
+		*e = expandable{}
+		return nil
+	case len(b) > 0 && b[0] == '"':
+		return json.Unmarshal(b, &e.ID)
+	case len(b) > 0 && b[0] == '{':
+		var obj struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal(b, &obj); err != nil {
+			return err
+		}
+		e.ID, e.Raw = obj.ID, append(json.RawMessage(nil), b...)
+		return nil
+	}
+	return fmt.Errorf("expandable field: unexpected %.20q", b)
+}
+
+func unixTime(sec int64) time.Time {
+	if sec <= 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0).UTC()
+}
+
+// CheckoutSession is the part of a Checkout Session lockstep uses.
+type CheckoutSession struct {
+	ID                string
+	CustomerID        string // "" when the session created no customer
+	SubscriptionID    string
+	Subscription      *Subscription // set when the subscription was expanded
+	ClientReferenceID string
+	MetadataUserID    string
+	Status            string // open, complete, expired
+	PaymentStatus     string // paid, unpaid, no_payment_required
+	Mode              string
+	Created           time.Time
+}
+
+// Paid reports whether the session is complete and needs no more payment.
+func (s *CheckoutSession) Paid() bool {
+	return s.Status == "complete" && (s.PaymentStatus == "paid" || s.PaymentStatus == "no_payment_required")
+}
+
+// ClaimedUsers lists the users the session names (client_reference_id, then
+// metadata.user_id), without repeats.
+func (s *CheckoutSession) ClaimedUsers() []string {
+	var users []string
+	for _, u := range []string{s.ClientReferenceID, s.MetadataUserID} {
+		if u != "" && (len(users) == 0 || users[0] != u) {
+			users = append(users, u)
+		}
+	}
+	return users
+}
+
+// ParseCheckoutSession parses a checkout.session object.
+func ParseCheckoutSession(b []byte) (*CheckoutSession, error) {
+	var w struct {
+		ID                string            `json:"id"`
+		Object            string            `json:"object"`
+		Customer          expandable        `json:"customer"`
+		Subscription      expandable        `json:"subscription"`
+		ClientReferenceID *string           `json:"client_reference_id"`
+		Metadata          map[string]string `json:"metadata"`
+		Status            *string           `json:"status"`
+		PaymentStatus     string            `json:"payment_status"`
+		Mode              string            `json:"mode"`
+		Created           int64             `json:"created"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: checkout session: %v", ErrMalformed, err)
+	}
+	if w.Object != "checkout.session" || !ValidID(w.ID, "cs_") {
+		return nil, fmt.Errorf("%w: checkout session: bad object or id", ErrMalformed)
+	}
+	if w.Customer.ID != "" && !ValidID(w.Customer.ID, "cus_") {
+		return nil, fmt.Errorf("%w: checkout session %s: bad customer id", ErrMalformed, w.ID)
+	}
+	s := &CheckoutSession{
+		ID:             w.ID,
+		CustomerID:     w.Customer.ID,
+		SubscriptionID: w.Subscription.ID,
+		MetadataUserID: w.Metadata["user_id"],
+		PaymentStatus:  w.PaymentStatus,
+		Mode:           w.Mode,
+		Created:        unixTime(w.Created),
+	}
+	if w.ClientReferenceID != nil {
+		s.ClientReferenceID = *w.ClientReferenceID
+	}
+	if w.Status != nil {
+		s.Status = *w.Status
+	}
+	for _, u := range s.ClaimedUsers() {
+		if !ValidUserID(u) {
+			return nil, fmt.Errorf("%w: checkout session %s: bad user id", ErrMalformed, w.ID)
+		}
+	}
+	if w.Subscription.Raw != nil {
+		sub, err := ParseSubscription(w.Subscription.Raw)
+		if err != nil {
+			return nil, err
+		}
+		s.Subscription = sub
+	}
+	return s, nil
+}
+
+// ValidUserID reports whether s is acceptable as the app's user id: 1 to 255
+// bytes of valid UTF-8 with no control characters.
+func ValidUserID(s string) bool {
+	if s == "" || len(s) > MaxIDLength {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
+			return false
+		}
+	}
+	return true
+}
+
+// Subscription is the part of a subscription lockstep stores.
+type Subscription struct {
+	ID                string
+	CustomerID        string
+	Status            string
+	PriceID           string
+	CurrentPeriodEnd  time.Time // zero when Stripe gave none
+	CancelAtPeriodEnd bool
+	Created           time.Time
+}
+
+// Terminal reports whether a subscription in this status can never change
+// again (Stripe does not revive canceled or expired subscriptions).
+func Terminal(status string) bool {
+	return status == "canceled" || status == "incomplete_expired"
+}
+
+var subscriptionStatuses = map[string]bool{
+	"incomplete": true, "incomplete_expired": true, "trialing": true, "active": true,
+	"past_due": true, "canceled": true, "unpaid": true, "paused": true,
+}
+
+// ParseSubscription parses a subscription object of any API version:
+// current_period_end is read from the subscription (before 2025-03-31) or
+// from its items (since), whichever is present.
+func ParseSubscription(b []byte) (*Subscription, error) {
+	var w struct {
+		ID                string     `json:"id"`
+		Object            string     `json:"object"`
+		Customer          expandable `json:"customer"`
+		Status            string     `json:"status"`
+		CancelAtPeriodEnd bool       `json:"cancel_at_period_end"`
+		CurrentPeriodEnd  int64      `json:"current_period_end"`
+		Created           int64      `json:"created"`
+		Items             struct {
+			Data []struct {
+				Price            expandable `json:"price"`
+				CurrentPeriodEnd int64      `json:"current_period_end"`
+			} `json:"data"`
+		} `json:"items"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: subscription: %v", ErrMalformed, err)
+	}
+	if w.Object != "subscription" || !ValidID(w.ID, "sub_") {
+		return nil, fmt.Errorf("%w: subscription: bad object or id", ErrMalformed)
+	}
+	if !ValidID(w.Customer.ID, "cus_") {
+		return nil, fmt.Errorf("%w: subscription %s: bad customer id", ErrMalformed, w.ID)
+	}
+	if !subscriptionStatuses[w.Status] {
+		return nil, fmt.Errorf("%w: subscription %s: unknown status %.40q", ErrMalformed, w.ID, w.Status)
+	}
+	s := &Subscription{
+		ID:                w.ID,
+		CustomerID:        w.Customer.ID,
+		Status:            w.Status,
+		CancelAtPeriodEnd: w.CancelAtPeriodEnd,
+		CurrentPeriodEnd:  unixTime(w.CurrentPeriodEnd),
+		Created:           unixTime(w.Created),
+	}
+	for i, it := range w.Items.Data {
+		if i == 0 && it.Price.ID != "" {
+			if len(it.Price.ID) > MaxIDLength {
+				return nil, fmt.Errorf("%w: subscription %s: price id too long", ErrMalformed, w.ID)
+			}
+			s.PriceID = it.Price.ID
+		}
+		if w.CurrentPeriodEnd == 0 && it.CurrentPeriodEnd > 0 {
+			if end := unixTime(it.CurrentPeriodEnd); end.After(s.CurrentPeriodEnd) {
+				s.CurrentPeriodEnd = end
+			}
+		}
+	}
+	return s, nil
+}
+
+// Customer is the part of a customer lockstep stores.
+type Customer struct {
+	ID             string
+	MetadataUserID string
+	Deleted        bool
+	Created        time.Time
+}
+
+// ParseCustomer parses a customer object (or a deleted customer's stub).
+func ParseCustomer(b []byte) (*Customer, error) {
+	var w struct {
+		ID       string            `json:"id"`
+		Object   string            `json:"object"`
+		Deleted  bool              `json:"deleted"`
+		Metadata map[string]string `json:"metadata"`
+		Created  int64             `json:"created"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: customer: %v", ErrMalformed, err)
+	}
+	if w.Object != "customer" || !ValidID(w.ID, "cus_") {
+		return nil, fmt.Errorf("%w: customer: bad object or id", ErrMalformed)
+	}
+	c := &Customer{ID: w.ID, MetadataUserID: w.Metadata["user_id"], Deleted: w.Deleted, Created: unixTime(w.Created)}
+	if c.MetadataUserID != "" && !ValidUserID(c.MetadataUserID) {
+		return nil, fmt.Errorf("%w: customer %s: bad metadata.user_id", ErrMalformed, w.ID)
+	}
+	return c, nil
+}
+
+// Invoice is the part of an invoice lockstep stores.
+type Invoice struct {
+	ID             string
+	CustomerID     string
+	SubscriptionID string
+	Status         string
+	AmountDue      int64
+	AmountPaid     int64
+	Currency       string
+	Created        time.Time
+}
+
+// ParseInvoice parses an invoice of any API version: the subscription is
+// invoice.subscription before 2025-03-31 and
+// invoice.parent.subscription_details.subscription since.
+func ParseInvoice(b []byte) (*Invoice, error) {
+	var w struct {
+		ID           string     `json:"id"`
+		Object       string     `json:"object"`
+		Customer     expandable `json:"customer"`
+		Subscription expandable `json:"subscription"`
+		Parent       *struct {
+			SubscriptionDetails *struct {
+				Subscription expandable `json:"subscription"`
+			} `json:"subscription_details"`
+		} `json:"parent"`
+		Status     *string `json:"status"`
+		AmountDue  int64   `json:"amount_due"`
+		AmountPaid int64   `json:"amount_paid"`
+		Currency   string  `json:"currency"`
+		Created    int64   `json:"created"`
+	}
+	if err := json.Unmarshal(b, &w); err != nil {
+		return nil, fmt.Errorf("%w: invoice: %v", ErrMalformed, err)
+	}
+	if w.Object != "invoice" || !ValidID(w.ID, "in_") {
+		return nil, fmt.Errorf("%w: invoice: bad object or id", ErrMalformed)
+	}
+	if !ValidID(w.Customer.ID, "cus_") {
+		return nil, fmt.Errorf("%w: invoice %s: bad customer id", ErrMalformed, w.ID)
+	}
+	inv := &Invoice{
+		ID: w.ID, CustomerID: w.Customer.ID, SubscriptionID: w.Subscription.ID,
+		Status: "draft", AmountDue: w.AmountDue, AmountPaid: w.AmountPaid,
+		Currency: w.Currency, Created: unixTime(w.Created),
+	}
+	if inv.SubscriptionID == "" && w.Parent != nil && w.Parent.SubscriptionDetails != nil {
+		inv.SubscriptionID = w.Parent.SubscriptionDetails.Subscription.ID
+	}
+	if w.Status != nil && *w.Status != "" {
+		inv.Status = *w.Status
+	}
+	if len(inv.Status) > 40 || len(inv.Currency) > 10 || len(inv.SubscriptionID) > MaxIDLength {
+		return nil, fmt.Errorf("%w: invoice %s: field too long", ErrMalformed, w.ID)
+	}
+	return inv, nil
+}
