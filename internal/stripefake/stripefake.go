@@ -1,0 +1,434 @@
+// Package stripefake is an in-memory fake of the slice of Stripe's HTTP API
+// that lockstep uses, plus helpers that build and sign webhook events exactly
+// as Stripe does. Tests use it so that they never reach Stripe.
+//
+// The Server answers, in Stripe's JSON shapes and with Stripe's error bodies:
+//
+//	GET /v1/checkout/sessions/{id}   expand[]=subscription, expand[]=customer
+//	GET /v1/subscriptions/{id}       expand[]=customer
+//	GET /v1/customers/{id}           (a deleted customer answers the deleted stub)
+//	GET /v1/invoices/{id}            expand[]=subscription, expand[]=customer
+//
+// Every request needs "Authorization: Bearer <key>" (or Basic auth with the
+// key as user name) where the key starts with sk_test_, sk_live_ or rk_;
+// otherwise it answers 401. Objects are rendered in the shape of the API
+// version named by the request's Stripe-Version header (DefaultAPIVersion
+// when absent); see IsBasil for what changes at 2025-03-31.
+//
+// Expanding a reference to an object that was never Put (say a session whose
+// subscription is unknown) answers 500 with an api_error naming the missing
+// object: real Stripe never has dangling references, so that is a bug in the
+// test's setup. Unknown expand[] values are ignored.
+//
+// Point stripe-go at it with stripe.BackendConfig{URL: stripe.String(s.URL)}
+// (or use s.Backends()), or point lockstep at it with STRIPE_API_BASE=s.URL.
+//
+// Webhook events are built with EventJSON from the same object renderers
+// (SessionJSON, SubscriptionJSON, CustomerJSON, InvoiceJSON) and signed with
+// SignatureHeader or SignatureHeaderMulti.
+package stripefake
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+)
+
+// Server is an httptest.Server speaking Stripe's API shapes. All methods are
+// safe for concurrent use, including from an OnRequest callback.
+type Server struct {
+	// URL is the base URL, without a trailing slash (http://127.0.0.1:port).
+	URL string
+
+	srv *httptest.Server
+
+	mu            sync.Mutex
+	sessions      map[string]Session
+	subscriptions map[string]Subscription
+	customers     map[string]Customer
+	invoices      map[string]Invoice
+	requests      int
+	onRequest     func(r *http.Request)
+	delay         time.Duration
+	failLeft      int
+	failStatus    int
+}
+
+// New starts a fake Stripe API server; t.Cleanup closes it.
+func New(t testing.TB) *Server {
+	t.Helper()
+	s := &Server{
+		sessions:      map[string]Session{},
+		subscriptions: map[string]Subscription{},
+		customers:     map[string]Customer{},
+		invoices:      map[string]Invoice{},
+	}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
+	s.URL = strings.TrimSuffix(s.srv.URL, "/")
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+// Backends returns stripe-go backends aimed at the fake, with logging off and
+// network retries disabled (so FailNext(1, 500) surfaces as an error rather
+// than being retried away). Use them with client.New(key, s.Backends()).
+func (s *Server) Backends() *stripe.Backends {
+	b := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+		URL:               stripe.String(s.URL),
+		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
+		MaxNetworkRetries: stripe.Int64(0),
+	})
+	return &stripe.Backends{API: b, Connect: b, Uploads: b}
+}
+
+// PutSession stores or replaces a checkout session. A zero Created is set to
+// now, once, so repeated reads agree.
+func (s *Server) PutSession(sess Session) {
+	sess.Metadata = copyMetadata(sess.Metadata)
+	if sess.Created.IsZero() {
+		sess.Created = time.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions[sess.ID] = sess
+}
+
+// PutSubscription stores or replaces a subscription. A zero Created is set to
+// now, and a zero CurrentPeriodEnd to Created plus one month.
+func (s *Server) PutSubscription(sub Subscription) {
+	sub.Metadata = copyMetadata(sub.Metadata)
+	if sub.Created.IsZero() {
+		sub.Created = time.Now()
+	}
+	if sub.CurrentPeriodEnd.IsZero() {
+		sub.CurrentPeriodEnd = sub.Created.AddDate(0, 1, 0)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.subscriptions[sub.ID] = sub
+}
+
+// PutCustomer stores or replaces a customer. A zero Created is set to now.
+func (s *Server) PutCustomer(c Customer) {
+	c.Metadata = copyMetadata(c.Metadata)
+	if c.Created.IsZero() {
+		c.Created = time.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.customers[c.ID] = c
+}
+
+// PutInvoice stores or replaces an invoice. A zero Created is set to now.
+func (s *Server) PutInvoice(inv Invoice) {
+	if inv.Created.IsZero() {
+		inv.Created = time.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.invoices[inv.ID] = inv
+}
+
+// Requests returns the number of API requests served so far, whatever their
+// answer (including 401s, 404s and injected failures).
+func (s *Server) Requests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests
+}
+
+// SetOnRequest sets f to be called at the start of every request, before the
+// delay and before answering; nil removes it. f runs on the server's
+// goroutine without the server's lock held, so it may call Put*, FailNext
+// and friends (e.g. to change state between a client's read and its retry),
+// and it may block to hold the answer back.
+func (s *Server) SetOnRequest(f func(r *http.Request)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.onRequest = f
+}
+
+// SetDelay adds latency d to every answer (0 removes it). The wait ends early
+// if the client goes away.
+func (s *Server) SetDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.delay = d
+}
+
+// FailNext makes the next n requests answer status with a Stripe api_error
+// body (a status outside 100-999 means 500). n <= 0 cancels pending
+// failures. Note that stripe-go retries 409,
+// 503 and, for GETs, any 5xx unless its MaxNetworkRetries is 0; each retry
+// is a request and consumes one failure.
+func (s *Server) FailNext(n int, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n < 0 {
+		n = 0
+	}
+	if status < 100 || status > 999 {
+		status = http.StatusInternalServerError
+	}
+	s.failLeft = n
+	s.failStatus = status
+}
+
+var expandKey = regexp.MustCompile(`^expand(\[\d*\])?$`)
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	s.requests++
+	onRequest := s.onRequest
+	delay := s.delay
+	s.mu.Unlock()
+
+	if onRequest != nil {
+		onRequest(r)
+	}
+	if delay > 0 {
+		timer := time.NewTimer(delay)
+		select {
+		case <-timer.C:
+		case <-r.Context().Done():
+			timer.Stop()
+			return
+		}
+	}
+
+	apiVersion := r.Header.Get("Stripe-Version")
+	if apiVersion == "" {
+		apiVersion = DefaultAPIVersion
+	}
+	w.Header().Set("Request-Id", NewID("req_"))
+	w.Header().Set("Stripe-Version", apiVersion)
+
+	s.mu.Lock()
+	failing := s.failLeft > 0
+	failStatus := s.failStatus
+	if failing {
+		s.failLeft--
+	}
+	s.mu.Unlock()
+	if failing {
+		writeError(w, failStatus, stripeError{
+			Type:    "api_error",
+			Message: fmt.Sprintf("stripefake: injected failure (HTTP %d)", failStatus),
+		})
+		return
+	}
+
+	if !authorized(r) {
+		writeError(w, http.StatusUnauthorized, stripeError{
+			Type:    "invalid_request_error",
+			Message: "Invalid API Key provided",
+		})
+		return
+	}
+
+	unrecognized := stripeError{
+		Type:    "invalid_request_error",
+		Message: fmt.Sprintf("Unrecognized request URL (%s: %s). Please see https://stripe.com/docs or we can help at https://support.stripe.com/.", r.Method, r.URL.Path),
+	}
+	if r.Method != http.MethodGet {
+		writeError(w, http.StatusNotFound, unrecognized)
+		return
+	}
+	expand := expansions(r)
+
+	var (
+		obj    map[string]any
+		status = http.StatusOK
+		apiErr *stripeError
+	)
+	s.mu.Lock()
+	switch resource, id := route(r.URL.Path); resource {
+	case "checkout.session":
+		obj, status, apiErr = s.session(id, expand, apiVersion)
+	case "subscription":
+		obj, status, apiErr = s.subscription(id, expand, apiVersion)
+	case "customer":
+		obj, status, apiErr = s.customer(id)
+	case "invoice":
+		obj, status, apiErr = s.invoice(id, expand, apiVersion)
+	default:
+		status, apiErr = http.StatusNotFound, &unrecognized
+	}
+	s.mu.Unlock()
+
+	if apiErr != nil {
+		writeError(w, status, *apiErr)
+		return
+	}
+	writeJSON(w, status, obj)
+}
+
+// route maps a path to the resource it names and the id in it.
+func route(path string) (resource, id string) {
+	for prefix, res := range map[string]string{
+		"/v1/checkout/sessions/": "checkout.session",
+		"/v1/subscriptions/":     "subscription",
+		"/v1/customers/":         "customer",
+		"/v1/invoices/":          "invoice",
+	} {
+		if rest, ok := strings.CutPrefix(path, prefix); ok && rest != "" && !strings.Contains(rest, "/") {
+			return res, rest
+		}
+	}
+	return "", ""
+}
+
+// The lookups below run with s.mu held.
+
+func (s *Server) session(id string, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
+	sess, ok := s.sessions[id]
+	if !ok {
+		return nil, http.StatusNotFound, noSuch("checkout.session", id)
+	}
+	var sub *Subscription
+	if expand["subscription"] && sess.Subscription != "" {
+		v, ok := s.subscriptions[sess.Subscription]
+		if !ok {
+			return nil, http.StatusInternalServerError, dangling("checkout.session", id, "subscription", sess.Subscription)
+		}
+		sub = &v
+	}
+	obj := SessionJSON(sess, sub, apiVersion)
+	if expand["customer"] && sess.Customer != "" {
+		c, ok := s.customers[sess.Customer]
+		if !ok {
+			return nil, http.StatusInternalServerError, dangling("checkout.session", id, "customer", sess.Customer)
+		}
+		obj["customer"] = CustomerJSON(c)
+	}
+	return obj, http.StatusOK, nil
+}
+
+func (s *Server) subscription(id string, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
+	sub, ok := s.subscriptions[id]
+	if !ok {
+		return nil, http.StatusNotFound, noSuch("subscription", id)
+	}
+	obj := SubscriptionJSON(sub, apiVersion)
+	if expand["customer"] && sub.Customer != "" {
+		c, ok := s.customers[sub.Customer]
+		if !ok {
+			return nil, http.StatusInternalServerError, dangling("subscription", id, "customer", sub.Customer)
+		}
+		obj["customer"] = CustomerJSON(c)
+	}
+	return obj, http.StatusOK, nil
+}
+
+func (s *Server) customer(id string) (map[string]any, int, *stripeError) {
+	c, ok := s.customers[id]
+	if !ok {
+		return nil, http.StatusNotFound, noSuch("customer", id)
+	}
+	return CustomerJSON(c), http.StatusOK, nil
+}
+
+func (s *Server) invoice(id string, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
+	inv, ok := s.invoices[id]
+	if !ok {
+		return nil, http.StatusNotFound, noSuch("invoice", id)
+	}
+	obj := InvoiceJSON(inv, apiVersion)
+	if expand["customer"] && inv.Customer != "" {
+		c, ok := s.customers[inv.Customer]
+		if !ok {
+			return nil, http.StatusInternalServerError, dangling("invoice", id, "customer", inv.Customer)
+		}
+		obj["customer"] = CustomerJSON(c)
+	}
+	if expand["subscription"] && inv.Subscription != "" && !IsBasil(apiVersion) {
+		sub, ok := s.subscriptions[inv.Subscription]
+		if !ok {
+			return nil, http.StatusInternalServerError, dangling("invoice", id, "subscription", inv.Subscription)
+		}
+		obj["subscription"] = SubscriptionJSON(sub, apiVersion)
+	}
+	return obj, http.StatusOK, nil
+}
+
+// expansions collects expand[]=x, expand[0]=x and expand=x query values.
+func expansions(r *http.Request) map[string]bool {
+	out := map[string]bool{}
+	for key, values := range r.URL.Query() {
+		if !expandKey.MatchString(key) {
+			continue
+		}
+		for _, v := range values {
+			for _, f := range strings.Split(v, ",") {
+				if f = strings.TrimSpace(f); f != "" {
+					out[f] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// authorized reports whether r carries a plausible Stripe API key.
+func authorized(r *http.Request) bool {
+	var key string
+	if user, _, ok := r.BasicAuth(); ok {
+		key = user
+	} else if k, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		key = strings.TrimSpace(k)
+	}
+	for _, p := range []string{"sk_test_", "sk_live_", "rk_"} {
+		if strings.HasPrefix(key, p) && len(key) > len(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// stripeError is the body of Stripe's {"error":{...}} answers.
+type stripeError struct {
+	Type    string `json:"type"`
+	Code    string `json:"code,omitempty"`
+	Message string `json:"message"`
+	Param   string `json:"param,omitempty"`
+}
+
+func noSuch(object, id string) *stripeError {
+	return &stripeError{
+		Type:    "invalid_request_error",
+		Code:    "resource_missing",
+		Message: fmt.Sprintf("No such %s: '%s'", object, id),
+		Param:   "id",
+	}
+}
+
+func dangling(object, id, field, ref string) *stripeError {
+	return &stripeError{
+		Type: "api_error",
+		Message: fmt.Sprintf("stripefake: %s %s references %s %s, which was never Put; Put it before expanding %s",
+			object, id, field, ref, field),
+	}
+}
+
+func writeError(w http.ResponseWriter, status int, e stripeError) {
+	writeJSON(w, status, map[string]any{"error": e})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
