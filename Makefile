@@ -1,0 +1,95 @@
+# lockstep. `make` (or `make help`) lists the targets.
+#
+# Targets that need PostgreSQL run through scripts/pg.sh, which uses
+# TEST_DATABASE_URL / DATABASE_URL when set, else a server on 127.0.0.1:5432,
+# else a private cluster it starts itself (see the script's header).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+GO ?= go
+PG := scripts/pg.sh
+
+# Extra flags for `make test`, e.g. make test TEST_FLAGS='-run TestWebhook -v'.
+TEST_FLAGS ?=
+# How long `make fuzz` runs each fuzz target.
+FUZZTIME ?= 20s
+# Fuzz targets as package:FuncName; add one for every parser of outside input.
+FUZZ_TARGETS ?= ./handlers:FuzzWebhook
+
+# Go files gofmt checks: everything but testdata, vendor and the dev cluster.
+GO_FILES = $(shell find . -type d \( -name .git -o -name .dev -o -name testdata -o -name vendor -o -name bin \) -prune -o -type f -name '*.go' -print)
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: run
+run: ## serve on 127.0.0.1:8080 with a local development database and printed development secrets
+	LOCKSTEP_ENV="$${LOCKSTEP_ENV:-development}" $(PG) dev -- $(GO) run . serve
+
+.PHONY: db-stop
+db-stop: ## stop the private development cluster in .dev/pgdata, if `make run` started one
+	$(PG) dev-stop
+
+.PHONY: test
+test: ## run every test, integration tests included, with -race against PostgreSQL (TEST_FLAGS=...)
+	$(PG) test -- $(GO) test -race -count=1 -p 2 -timeout 15m $(TEST_FLAGS) ./...
+
+.PHONY: test-faults
+test-faults: ## run the integration tests with fault injection (-tags faults)
+	$(PG) test -- $(GO) test -race -count=1 -timeout 20m -tags faults ./integration_test/...
+
+.PHONY: fuzz
+fuzz: ## run each fuzz target in FUZZ_TARGETS for FUZZTIME (default 20s)
+	$(PG) test -- $(MAKE) --no-print-directory fuzz-each
+
+# fuzz-each runs inside scripts/pg.sh, so all targets share one database server.
+.PHONY: fuzz-each
+fuzz-each:
+	@set -e; for target in $(FUZZ_TARGETS); do \
+		pkg=$${target%%:*}; name=$${target#*:}; \
+		if ! $(GO) test -list "^$$name\$$" "$$pkg" | grep -qx "$$name"; then \
+			echo "fuzz target $$name not found in $$pkg (FUZZ_TARGETS)"; exit 1; \
+		fi; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+	done
+
+# The load test against a running server is `go run . bench`; this target
+# runs the Go benchmarks (some need a database).
+.PHONY: bench
+bench: ## run the Go benchmarks (the load command is `go run . bench`)
+	$(PG) test -- $(GO) test -run '^$$' -bench . -benchmem ./...
+
+.PHONY: lint
+lint: fmt-check vet ## gofmt, go vet, and golangci-lint when installed
+	@if command -v golangci-lint >/dev/null 2>&1; then \
+		golangci-lint run ./...; \
+	else \
+		echo "golangci-lint not found, skipped; install it with:"; \
+		echo "  go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@latest"; \
+		echo "  (or see https://golangci-lint.run/welcome/install/)"; \
+	fi
+
+.PHONY: fmt-check
+fmt-check: ## fail if any Go file is not gofmt-formatted
+	@out="$$(gofmt -l $(GO_FILES))"; \
+	if [ -n "$$out" ]; then echo "these files need gofmt (make fmt):"; echo "$$out"; exit 1; fi
+
+.PHONY: fmt
+fmt: ## format the Go files with gofmt
+	gofmt -w $(GO_FILES)
+
+.PHONY: vet
+vet: ## go vet ./...
+	$(GO) vet ./...
+
+.PHONY: build
+build: ## build the binary into bin/lockstep
+	$(GO) build -o bin/lockstep .
+
+.PHONY: tidy
+tidy: ## go mod tidy
+	$(GO) mod tidy
