@@ -34,15 +34,22 @@ func NewClient(baseURL, secretKey string, timeout time.Duration) *Client {
 	return &Client{backend: backend, key: secretKey}
 }
 
+// getParams is a GET's parameters, shaped like stripe-go's own *Params
+// types (a bare stripe.Params rejects expand).
+type getParams struct {
+	stripe.Params `form:"*"`
+	Expand        []*string `form:"expand"`
+}
+
 // rawObject keeps the body stripe-go received, for lockstep's own parsers.
 type rawObject struct {
 	stripe.APIResource
 }
 
 func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte, error) {
-	params := &stripe.Params{Context: ctx}
+	params := &getParams{Params: stripe.Params{Context: ctx}}
 	for _, e := range expand {
-		params.AddExpand(e)
+		params.Expand = append(params.Expand, stripe.String(e))
 	}
 	var obj rawObject
 	if err := c.backend.Call(http.MethodGet, path, c.key, params, &obj); err != nil {

@@ -49,7 +49,7 @@ func ParseEvent(payload []byte) (*Event, error) {
 		return nil, fmt.Errorf("%w: event: bad id", ErrMalformed)
 	case !validType(w.Type):
 		return nil, fmt.Errorf("%w: event %s: bad type", ErrMalformed, w.ID)
-	case w.Created <= 0:
+	case w.Created <= 0 || w.Created > maxUnix:
 		return nil, fmt.Errorf("%w: event %s: bad created", ErrMalformed, w.ID)
 	case w.Data == nil || len(w.Data.Object) == 0 || w.Data.Object[0] != '{':
 		return nil, fmt.Errorf("%w: event %s: data.object is not an object", ErrMalformed, w.ID)

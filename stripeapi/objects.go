@@ -70,8 +70,13 @@ func (e *expandable) UnmarshalJSON(b []byte) error {
 	return fmt.Errorf("expandable field: unexpected %.20q", b)
 }
 
+// maxUnix is 2200-01-01: Stripe times past it are garbage, and far larger
+// ones overflow PostgreSQL's timestamptz.
+const maxUnix = 7258118400
+
+// unixTime converts a Stripe timestamp; absent or impossible ones are zero.
 func unixTime(sec int64) time.Time {
-	if sec <= 0 {
+	if sec <= 0 || sec > maxUnix {
 		return time.Time{}
 	}
 	return time.Unix(sec, 0).UTC()
