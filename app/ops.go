@@ -4,9 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -50,46 +54,71 @@ func locksCmd(ctx context.Context, args []string, env Env) error {
 		return err
 	}
 	if asJSON {
+		// The same document GET /admin/locks returns.
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(locks)
+		return enc.Encode(map[string]any{"locks": locks})
 	}
-	PrintLocks(env, locks)
+	PrintLocks(env.Stdout, locks)
 	return nil
 }
 
-// PrintLocks writes locks as a table, one row each.
-func PrintLocks(env Env, locks []lockmgr.LockInfo) {
+// PrintLocks writes locks as a table, one row each, grouped by lock: the
+// holder, then whoever waits for it. FOR is how long a waiter has waited,
+// or how long the holder's transaction has run; STATE and QUERY say what
+// that backend is doing now.
+func PrintLocks(w io.Writer, locks []lockmgr.LockInfo) {
 	if len(locks) == 0 {
-		fmt.Fprintln(env.Stdout, "no advisory locks held or awaited")
+		fmt.Fprintln(w, "no advisory locks held or awaited")
 		return
 	}
-	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CUSTOMER\tKIND\tPID\tSTATE\tFOR\tBLOCKED BY\tAPPLICATION\tQUERY")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CUSTOMER\tPID\tLOCK\tFOR\tBLOCKED BY\tAPPLICATION\tSTATE\tQUERY")
+	waiting := 0
 	for _, l := range locks {
-		state := "granted"
+		lock := "granted"
 		if !l.Granted {
-			state = "waiting"
-		}
-		who := l.CustomerID
-		if l.Kind == "user" {
-			who = "user:" + l.UserID
-		}
-		if who == "" || who == "user:" {
-			who = "-"
+			lock = "waiting"
+			waiting++
 		}
 		blocked := make([]string, len(l.BlockedBy))
 		for i, p := range l.BlockedBy {
-			blocked[i] = fmt.Sprint(p)
+			blocked[i] = strconv.Itoa(int(p))
 		}
-		q := strings.Join(strings.Fields(l.Query), " ")
-		if len(q) > 60 {
-			q = q[:57] + "..."
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", who, l.Kind, l.PID, state, l.Age(),
-			or(strings.Join(blocked, ","), "-"), or(l.ApplicationName, "-"), or(q, "-"))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", lockOwner(l), l.PID, lock, l.Age(),
+			or(strings.Join(blocked, ","), "-"), or(cell(l.ApplicationName, 63), "-"),
+			or(cell(l.State, 40), "-"), or(cell(l.Query, 60), "-"))
 	}
 	_ = tw.Flush()
+	fmt.Fprintf(w, "%d locks: %d granted, %d waiting\n", len(locks), len(locks)-waiting, waiting)
+}
+
+// lockOwner names whom a lock belongs to: the customer, "user:<id>" for a
+// user's mapping lock, or the raw key when no row matches (a customer not
+// committed yet, or another application's lock).
+func lockOwner(l lockmgr.LockInfo) string {
+	switch {
+	case l.Kind == "customer" && l.CustomerID != "":
+		return cell(l.CustomerID, 255)
+	case l.Kind == "user" && l.UserID != "":
+		return "user:" + cell(l.UserID, 255)
+	case l.Kind == "customer" && l.Key != nil:
+		return fmt.Sprintf("(key %d)", *l.Key)
+	case l.Key != nil:
+		return fmt.Sprintf("(%s key %d)", l.Kind, *l.Key)
+	}
+	return "(" + l.Kind + ")"
+}
+
+// cell makes s fit one table cell: whitespace runs and control characters
+// become one space, and it is cut to limit runes.
+func cell(s string, limit int) string {
+	s = strings.Join(strings.FieldsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }), " ")
+	if utf8.RuneCountInString(s) <= limit {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:limit-3]) + "..."
 }
 
 func or(s, def string) string {
@@ -115,7 +144,9 @@ func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	if cfg.StripeSecretKey == "" {
 		cfg.StripeSecretKey = "sk_unset"
 	}
-	locks := lockmgr.New(pool, lockmgr.DefaultConfig(), nil, log)
+	lcfg := lockmgr.DefaultConfig()
+	lcfg.LockTimeout, lcfg.RetryBudget = cfg.LockTimeout, cfg.RetryBudget
+	locks := lockmgr.New(pool, lcfg, nil, log)
 	svc := billing.NewService(locks, stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, 0), log)
 
 	var results []billing.ReplayResult
@@ -127,7 +158,7 @@ func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	} else {
 		r, err := svc.Replay(ctx, args[0])
 		if r.Outcome == "" && err != nil {
-			return err
+			return fmt.Errorf("replay %s: %w", args[0], err)
 		}
 		results = append(results, r)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/logging"
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -48,24 +49,32 @@ func (s *server) adminEvents(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"events": events})
 }
 
+// adminReplay processes a stored event again, through the same lock and
+// ledger as a live delivery: a processed or ignored event answers
+// "duplicate" and changes nothing.
 func (s *server) adminReplay(w http.ResponseWriter, r *http.Request) {
 	id := mux.Vars(r)["event_id"]
 	if !stripeapi.ValidID(id, "evt_") {
 		writeError(w, http.StatusBadRequest, "event id must be evt_...")
 		return
 	}
-	res, err := s.Billing.Replay(r.Context(), id)
+	ctx := logging.With(r.Context(), slog.String("event_id", id))
+	res, err := s.Billing.Replay(ctx, id)
 	if errors.Is(err, billing.ErrEventNotFound) {
+		s.Metrics.Replayed("not_found")
 		writeStatus(w, err)
 		return
 	}
+	s.Metrics.Replayed(string(res.Outcome))
 	if err != nil {
 		code, _ := status(err)
 		if code == http.StatusInternalServerError {
 			code = http.StatusUnprocessableEntity
 		}
+		s.Log.WarnContext(ctx, "replay failed", slog.Int("status", code), slog.String("error", err.Error()))
 		writeJSON(w, code, res)
 		return
 	}
+	s.Log.InfoContext(ctx, "event replayed", slog.String("outcome", string(res.Outcome)))
 	writeJSON(w, http.StatusOK, res)
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -110,7 +111,9 @@ func (s *server) observe(next http.Handler) http.Handler {
 			id = newRequestID()
 		}
 		w.Header().Set("X-Request-Id", id)
-		ctx := logging.With(r.Context(), slog.String("request_id", id))
+		// The scope starts after request_id, so it gathers only what the
+		// handler adds (event_id, session_id...) for the access-log line.
+		ctx := logging.WithScope(logging.With(r.Context(), slog.String("request_id", id)))
 		r = r.WithContext(ctx)
 		route := "unmatched"
 		if cr := mux.CurrentRoute(r); cr != nil {
@@ -132,8 +135,9 @@ func (s *server) observe(next http.Handler) http.Handler {
 			if route == "/healthz" || route == "/readyz" || route == "/metrics" {
 				level = slog.LevelDebug
 			}
-			s.Log.LogAttrs(ctx, level, "http request", slog.String("method", r.Method), slog.String("route", route),
-				slog.Int("status", sw.code), slog.Duration("duration", d))
+			attrs := append([]slog.Attr{slog.String("method", r.Method), slog.String("route", route),
+				slog.Int("status", sw.code), slog.Duration("duration", d)}, logging.ScopeAttrs(ctx)...)
+			s.Log.LogAttrs(ctx, level, "http request", attrs...)
 		}()
 		next.ServeHTTP(sw, r)
 	})
@@ -190,14 +194,29 @@ func (s *server) healthz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
 	defer cancel()
 	if s.Ready != nil {
 		if err := s.Ready(ctx); err != nil {
 			s.Log.WarnContext(ctx, "not ready", slog.String("error", err.Error()))
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": err.Error()})
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "error": notReadyReason(err)})
 			return
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// readyTimeout bounds a readiness check: a database that does not answer in
+// time is not ready, and the probe must never hang on it.
+const readyTimeout = 2 * time.Second
+
+// notReadyReason is what an unauthenticated caller of /readyz may read. The
+// readiness check's own findings (a schema version) wrap nothing and are
+// shown; a driver's error can name the host, user and database, so it is
+// only logged.
+func notReadyReason(err error) string {
+	if errors.Unwrap(err) == nil {
+		return err.Error()
+	}
+	return "database unreachable"
 }

@@ -25,13 +25,16 @@ type LockInfo struct {
 	Query           string   `json:"query"`
 }
 
-// listLocks reads the view; waiters first, then by how long they have waited.
+// listLocks reads the view, one lock after another: the lock whose waiter
+// has waited longest first, and within a lock its holder, then its waiters,
+// longest wait first.
 const listLocks = `
 SELECT lock_kind, stripe_customer_id, user_id, lock_key, pid, granted,
        extract(epoch FROM wait_duration)::float8, extract(epoch FROM xact_duration)::float8,
        blocked_by, coalesce(application_name, ''), coalesce(state, ''), coalesce(query, '')
 FROM stripe_customer_locks
-ORDER BY granted, wait_duration DESC NULLS LAST, stripe_customer_id, pid`
+ORDER BY max(wait_duration) OVER (PARTITION BY lock_kind, lock_key) DESC NULLS LAST,
+         lock_kind, lock_key, granted DESC, wait_duration DESC NULLS LAST, pid`
 
 // ListLocks returns the advisory locks held or awaited in the database now.
 func ListLocks(ctx context.Context, db interface {
@@ -62,7 +65,9 @@ func (l LockInfo) Age() time.Duration {
 	if !l.Granted && l.WaitSeconds != nil {
 		s = l.WaitSeconds
 	}
-	if s == nil {
+	if s == nil || *s < 0 {
+		// The view measures from the start of its own transaction, which
+		// can be a moment before a wait it sees began.
 		return 0
 	}
 	return time.Duration(*s * float64(time.Second)).Round(time.Millisecond)

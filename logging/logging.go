@@ -1,6 +1,14 @@
 // Package logging builds lockstep's slog logger: JSON when the output is not
 // a terminal, text when it is, and attributes carried by the context (the
 // request id, the event id, the customer) added to every line logged with it.
+//
+// A request scope (WithScope) also collects the attributes that code deeper
+// in the request adds with With, so the one access-log line written when the
+// request ends names the event or session it worked on.
+//
+// Secrets never belong in a log line; as a last line of defence, string
+// values that carry a Stripe secret (whsec_, sk_live_, sk_test_, rk_live_,
+// rk_test_) are masked before they are written.
 package logging
 
 import (
@@ -8,15 +16,60 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
+	"strings"
+	"sync"
 )
 
 type ctxKey struct{}
 
-// With returns a context whose log lines carry attrs too.
+type scopeKey struct{}
+
+// scope collects attributes added anywhere below a WithScope context.
+type scope struct {
+	mu    sync.Mutex
+	attrs []slog.Attr
+}
+
+// WithScope starts a request scope: attributes later added with With on ctx
+// or on any context derived from it are also returned by ScopeAttrs.
+func WithScope(ctx context.Context) context.Context {
+	return context.WithValue(ctx, scopeKey{}, &scope{})
+}
+
+// ScopeAttrs returns the attributes added with With since the nearest
+// WithScope, the last value of each key only, in the order first added.
+func ScopeAttrs(ctx context.Context) []slog.Attr {
+	sc, _ := ctx.Value(scopeKey{}).(*scope)
+	if sc == nil {
+		return nil
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	out := make([]slog.Attr, 0, len(sc.attrs))
+	index := make(map[string]int, len(sc.attrs))
+	for _, a := range sc.attrs {
+		if i, ok := index[a.Key]; ok {
+			out[i] = a
+			continue
+		}
+		index[a.Key] = len(out)
+		out = append(out, a)
+	}
+	return out
+}
+
+// With returns a context whose log lines carry attrs too. The attributes are
+// also recorded in the request scope, if ctx has one.
 func With(ctx context.Context, attrs ...slog.Attr) context.Context {
 	prev, _ := ctx.Value(ctxKey{}).([]slog.Attr)
 	all := make([]slog.Attr, 0, len(prev)+len(attrs))
 	all = append(append(all, prev...), attrs...)
+	if sc, _ := ctx.Value(scopeKey{}).(*scope); sc != nil {
+		sc.mu.Lock()
+		sc.attrs = append(sc.attrs, attrs...)
+		sc.mu.Unlock()
+	}
 	return context.WithValue(ctx, ctxKey{}, all)
 }
 
@@ -28,11 +81,31 @@ func Attrs(ctx context.Context) []slog.Attr {
 
 type ctxHandler struct{ slog.Handler }
 
+// Handle adds the context's attributes to r, each key once (the value last
+// added with With), and none whose key r already has: a line that names its
+// event explicitly does not name it twice (a JSON object with a repeated key).
 func (h ctxHandler) Handle(ctx context.Context, r slog.Record) error {
-	if attrs := Attrs(ctx); len(attrs) > 0 {
-		r = r.Clone()
-		r.AddAttrs(attrs...)
+	attrs := Attrs(ctx)
+	if len(attrs) == 0 {
+		return h.Handler.Handle(ctx, r)
 	}
+	seen := make(map[string]int, len(attrs)+r.NumAttrs())
+	r.Attrs(func(a slog.Attr) bool {
+		seen[a.Key] = -1
+		return true
+	})
+	add := make([]slog.Attr, 0, len(attrs))
+	for _, a := range attrs {
+		switch i, ok := seen[a.Key]; {
+		case !ok:
+			seen[a.Key] = len(add)
+			add = append(add, a)
+		case i >= 0:
+			add[i] = a
+		}
+	}
+	r = r.Clone()
+	r.AddAttrs(add...)
 	return h.Handler.Handle(ctx, r)
 }
 
@@ -44,7 +117,7 @@ func (h ctxHandler) WithGroup(name string) slog.Handler { return ctxHandler{h.Ha
 
 // New returns a logger writing to w: JSON unless w is a terminal.
 func New(w io.Writer, level slog.Level) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: maskSecrets}
 	var h slog.Handler
 	if isTerminal(w) {
 		h = slog.NewTextHandler(w, opts)
@@ -52,6 +125,32 @@ func New(w io.Writer, level slog.Level) *slog.Logger {
 		h = slog.NewJSONHandler(w, opts)
 	}
 	return slog.New(ctxHandler{h})
+}
+
+// secretPattern matches the Stripe secrets lockstep is configured with.
+var secretPattern = regexp.MustCompile(`\b(whsec_|sk_live_|sk_test_|rk_live_|rk_test_)[A-Za-z0-9_]+`)
+
+// maskSecrets replaces the body of any Stripe secret in a string value (an
+// error message that quoted one, say) with ****.
+func maskSecrets(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() != slog.KindString {
+		return a
+	}
+	if s := a.Value.String(); MayHoldSecret(s) {
+		a.Value = slog.StringValue(Mask(s))
+	}
+	return a
+}
+
+// MayHoldSecret is a cheap test for Mask's work.
+func MayHoldSecret(s string) bool {
+	return strings.Contains(s, "whsec_") || strings.Contains(s, "sk_") || strings.Contains(s, "rk_")
+}
+
+// Mask replaces the body of every Stripe secret in s with ****, keeping
+// its prefix so a reader knows what kind of secret was there.
+func Mask(s string) string {
+	return secretPattern.ReplaceAllString(s, "${1}****")
 }
 
 func isTerminal(w io.Writer) bool {

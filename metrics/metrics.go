@@ -1,6 +1,16 @@
 // Package metrics defines lockstep's Prometheus metrics and serves them.
 // Counters and histograms move where things happen; ledger counts and pool
 // statistics are read when /metrics is scraped.
+//
+// Label values come from small fixed sets (outcomes, reasons, SQLSTATEs,
+// writers, route templates) or from Stripe's own event types, which only a
+// request signed with a configured secret can name; nothing a stranger sends
+// becomes a label.
+//
+// The webhook failure rate over five minutes is
+//
+//	sum(rate(lockstep_webhook_events_total{outcome="failed"}[5m]))
+//	  / sum(rate(lockstep_webhook_events_total[5m]))
 package metrics
 
 import (
@@ -8,6 +18,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,6 +40,7 @@ type Metrics struct {
 	webhookRejected  *prometheus.CounterVec
 	secretMatched    *prometheus.CounterVec
 	checkoutOutcomes *prometheus.CounterVec
+	replays          *prometheus.CounterVec
 	retries          *prometheus.CounterVec
 	lockWait         *prometheus.HistogramVec
 	lockHold         *prometheus.HistogramVec
@@ -52,7 +64,11 @@ func New() *Metrics {
 	}, []string{"secret"})
 	m.checkoutOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "checkout_success_total",
-		Help: "Checkout-success calls by outcome.",
+		Help: "Checkout-success calls by outcome: paid, pending, or the HTTP status of a failed call in snake case (not_found, forbidden, gone, bad_request, bad_gateway, service_unavailable, internal_server_error, other).",
+	}, []string{"outcome"})
+	m.replays = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "replay_events_total",
+		Help: "Events replayed through POST /admin/events/{id}/replay, by outcome (processed, duplicate, ignored, failed, not_found).",
 	}, []string{"outcome"})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "tx_retries_total",
@@ -71,9 +87,29 @@ func New() *Metrics {
 		Help: "HTTP request latency by route and status code.", Buckets: prometheus.DefBuckets,
 	}, []string{"route", "code"})
 	m.Registry.MustRegister(m.webhookEvents, m.webhookRejected, m.secretMatched, m.checkoutOutcomes,
-		m.retries, m.lockWait, m.lockHold, m.httpDuration,
+		m.replays, m.retries, m.lockWait, m.lockHold, m.httpDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// Series that exist from the start read 0 rather than "no data", so
+	// rates and ratios over them are defined before the first event.
+	for _, o := range checkoutOutcomeNames {
+		m.checkoutOutcomes.WithLabelValues(o)
+	}
+	for _, r := range []string{"signature", "too_old", "malformed", "too_large"} {
+		m.webhookRejected.WithLabelValues(r)
+	}
+	for _, o := range []string{"processed", "duplicate", "ignored", "failed", "not_found"} {
+		m.replays.WithLabelValues(o)
+	}
 	return m
+}
+
+// InitSecrets creates the secret-matched series for each of n configured
+// webhook secrets at 0, so a secret that never matches reads 0 and not
+// "no data".
+func (m *Metrics) InitSecrets(n int) {
+	for i := range n {
+		m.secretMatched.WithLabelValues(strconv.Itoa(i + 1))
+	}
 }
 
 // WebhookEvent counts a verified event's outcome.
@@ -87,8 +123,31 @@ func (m *Metrics) WebhookRejected(reason string) { m.webhookRejected.WithLabelVa
 // SecretMatched counts which configured secret (0-based index) verified a webhook.
 func (m *Metrics) SecretMatched(i int) { m.secretMatched.WithLabelValues(strconv.Itoa(i + 1)).Inc() }
 
-// CheckoutOutcome counts a checkout-success call's outcome.
-func (m *Metrics) CheckoutOutcome(outcome string) { m.checkoutOutcomes.WithLabelValues(outcome).Inc() }
+// checkoutOutcomeNames is every value of checkout_success_total's label.
+var checkoutOutcomeNames = []string{"paid", "pending", "bad_request", "forbidden", "not_found", "gone",
+	"bad_gateway", "service_unavailable", "internal_server_error", "other"}
+
+// CheckoutOutcome counts a checkout-success call's outcome: "paid",
+// "pending", or for a failed call its HTTP status text ("Not Found") or the
+// same in snake case ("not_found"). The label is always one of a fixed set
+// of lowercase words; anything else counts as "other".
+func (m *Metrics) CheckoutOutcome(outcome string) {
+	m.checkoutOutcomes.WithLabelValues(CheckoutLabel(outcome)).Inc()
+}
+
+// CheckoutLabel is the label value CheckoutOutcome records for outcome.
+func CheckoutLabel(outcome string) string {
+	o := strings.ToLower(strings.Join(strings.Fields(outcome), "_"))
+	for _, known := range checkoutOutcomeNames {
+		if o == known {
+			return o
+		}
+	}
+	return "other"
+}
+
+// Replayed counts an admin replay's outcome.
+func (m *Metrics) Replayed(outcome string) { m.replays.WithLabelValues(outcome).Inc() }
 
 // ObserveHTTP records one request's latency.
 func (m *Metrics) ObserveHTTP(route string, code int, d time.Duration) {
@@ -134,6 +193,8 @@ var (
 		"acquires":     prometheus.NewDesc(namespace+"_db_pool_acquires_total", "Successful acquires from the pool.", nil, nil),
 		"empty":        prometheus.NewDesc(namespace+"_db_pool_empty_acquires_total", "Acquires that had to wait for a connection.", nil, nil),
 		"acquire_wait": prometheus.NewDesc(namespace+"_db_pool_acquire_wait_seconds_total", "Total time spent waiting to acquire a connection.", nil, nil),
+		"canceled":     prometheus.NewDesc(namespace+"_db_pool_canceled_acquires_total", "Acquires given up because their context ended first.", nil, nil),
+		"new_conns":    prometheus.NewDesc(namespace+"_db_pool_new_conns_total", "Connections opened by the pool.", nil, nil),
 	}
 )
 
@@ -174,4 +235,6 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(poolDescs["acquires"], prometheus.CounterValue, float64(s.AcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolDescs["empty"], prometheus.CounterValue, float64(s.EmptyAcquireCount()))
 	ch <- prometheus.MustNewConstMetric(poolDescs["acquire_wait"], prometheus.CounterValue, s.AcquireDuration().Seconds())
+	ch <- prometheus.MustNewConstMetric(poolDescs["canceled"], prometheus.CounterValue, float64(s.CanceledAcquireCount()))
+	ch <- prometheus.MustNewConstMetric(poolDescs["new_conns"], prometheus.CounterValue, float64(s.NewConnsCount()))
 }

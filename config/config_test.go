@@ -1,0 +1,203 @@
+package config_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lockstep/lockstep/config"
+)
+
+// good is a complete, valid production environment.
+func good() map[string]string {
+	return map[string]string{
+		"DATABASE_URL":          "postgres://lockstep:db-password-123@db.internal:5432/lockstep?sslmode=require",
+		"LISTEN_ADDR":           "127.0.0.1:8080",
+		"STRIPE_WEBHOOK_SECRET": "whsec_primarySECRETbody0123, whsec_oldSECRETbody456789",
+		"STRIPE_SECRET_KEY":     "sk_live_KEYbody0123456789abcdef",
+		"APP_API_TOKEN":         "app-token-body-0123456789",
+		"ADMIN_TOKEN":           "admin-token-body-0123456789",
+	}
+}
+
+func getenv(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestLoadGood(t *testing.T) {
+	t.Parallel()
+	c, err := config.Load(getenv(good()), config.NeedDatabase|config.NeedServer)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if len(c.WebhookSecrets) != 2 || c.WebhookSecrets[1] != "whsec_oldSECRETbody456789" {
+		t.Fatalf("secrets = %q, want two, trimmed", c.WebhookSecrets)
+	}
+	if c.LockTimeout != 1500*time.Millisecond || c.RetryBudget != 4*time.Second || c.ListenAddr != "127.0.0.1:8080" {
+		t.Fatalf("defaults: lock_timeout %s retry_budget %s listen %s", c.LockTimeout, c.RetryBudget, c.ListenAddr)
+	}
+}
+
+// Each misconfiguration stops startup with one line that names the variable.
+func TestLoadMisconfiguration(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		set   map[string]string // "" deletes the variable
+		needs config.Needs
+		want  string // the variable the error must name
+	}{
+		{"database url missing", map[string]string{"DATABASE_URL": ""}, config.NeedDatabase, "DATABASE_URL"},
+		{"database url mysql", map[string]string{"DATABASE_URL": "mysql://u:p@localhost/db"}, config.NeedDatabase, "DATABASE_URL"},
+		{"database url not a url", map[string]string{"DATABASE_URL": "host=db user=x"}, config.NeedDatabase, "DATABASE_URL"},
+		{"migrate url mysql", map[string]string{"MIGRATE_DATABASE_URL": "mysql://localhost/db"}, config.NeedDatabase, "MIGRATE_DATABASE_URL"},
+		{"webhook secret missing", map[string]string{"STRIPE_WEBHOOK_SECRET": ""}, config.NeedServer, "STRIPE_WEBHOOK_SECRET"},
+		{"webhook secret without whsec_", map[string]string{"STRIPE_WEBHOOK_SECRET": "secret_0123456789abcdef"}, config.NeedServer, "STRIPE_WEBHOOK_SECRET"},
+		{"second webhook secret without whsec_", map[string]string{"STRIPE_WEBHOOK_SECRET": "whsec_good0123456789,oops0123456789"}, config.NeedServer, "STRIPE_WEBHOOK_SECRET"},
+		{"listen addr port only", map[string]string{"LISTEN_ADDR": "8080"}, config.NeedServer, "LISTEN_ADDR"},
+		{"listen addr port too big", map[string]string{"LISTEN_ADDR": "host:99999"}, config.NeedServer, "LISTEN_ADDR"},
+		{"listen addr named port", map[string]string{"LISTEN_ADDR": "localhost:http-alt"}, config.NeedServer, "LISTEN_ADDR"},
+		{"lock timeout not a duration", map[string]string{"LOCK_TIMEOUT": "fast"}, config.NeedDatabase, "LOCK_TIMEOUT"},
+		{"lock timeout without unit", map[string]string{"LOCK_TIMEOUT": "1500"}, config.NeedDatabase, "LOCK_TIMEOUT"},
+		{"lock timeout negative", map[string]string{"LOCK_TIMEOUT": "-1s"}, config.NeedDatabase, "LOCK_TIMEOUT"},
+		{"retry budget huge", map[string]string{"RETRY_BUDGET": "1h"}, config.NeedDatabase, "RETRY_BUDGET"},
+		{"stripe key missing", map[string]string{"STRIPE_SECRET_KEY": ""}, config.NeedServer, "STRIPE_SECRET_KEY"},
+		{"stripe key publishable", map[string]string{"STRIPE_SECRET_KEY": "pk_live_0123456789"}, config.NeedServer, "STRIPE_SECRET_KEY"},
+		{"stripe api base not http", map[string]string{"STRIPE_API_BASE": "ftp://stripe"}, config.NeedServer, "STRIPE_API_BASE"},
+		{"app token missing", map[string]string{"APP_API_TOKEN": ""}, config.NeedServer, "APP_API_TOKEN"},
+		{"admin token short", map[string]string{"ADMIN_TOKEN": "short"}, config.NeedServer, "ADMIN_TOKEN"},
+		{"db max conns", map[string]string{"DB_MAX_CONNS": "lots"}, config.NeedDatabase, "DB_MAX_CONNS"},
+		{"environment", map[string]string{"LOCKSTEP_ENV": "staging"}, config.NeedDatabase, "LOCKSTEP_ENV"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			env := good()
+			for k, v := range tt.set {
+				if v == "" {
+					delete(env, k)
+				} else {
+					env[k] = v
+				}
+			}
+			c, err := config.Load(getenv(env), tt.needs)
+			if err == nil {
+				t.Fatalf("Load accepted %v: %s", tt.set, c)
+			}
+			msg := err.Error()
+			lines := strings.Split(msg, "\n")
+			if len(lines) != 1 {
+				t.Fatalf("want one line for one problem, got %d:\n%s", len(lines), msg)
+			}
+			if !strings.Contains(msg, tt.want) {
+				t.Fatalf("error %q does not name %s", msg, tt.want)
+			}
+			var ce *config.Error
+			if !errors.As(err, &ce) || ce.Var != tt.want {
+				t.Fatalf("error %v is not a *config.Error for %s", err, tt.want)
+			}
+			for _, secret := range []string{"primarySECRETbody", "KEYbody", "token-body", "db-password"} {
+				if strings.Contains(msg, secret) {
+					t.Fatalf("error %q quotes a secret (%s)", msg, secret)
+				}
+			}
+		})
+	}
+}
+
+// Several problems give one line each, every one naming its variable.
+func TestLoadSeveralProblems(t *testing.T) {
+	t.Parallel()
+	env := good()
+	env["DATABASE_URL"] = "mysql://x"
+	env["STRIPE_WEBHOOK_SECRET"] = "nope0123456789"
+	env["LISTEN_ADDR"] = "8080"
+	env["LOCK_TIMEOUT"] = "soon"
+	_, err := config.Load(getenv(env), config.NeedDatabase|config.NeedServer)
+	if err == nil {
+		t.Fatal("Load accepted four problems")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	want := []string{"DATABASE_URL", "STRIPE_WEBHOOK_SECRET", "LISTEN_ADDR", "LOCK_TIMEOUT"}
+	if len(lines) != len(want) {
+		t.Fatalf("want %d lines, got %d:\n%s", len(want), len(lines), err)
+	}
+	for _, v := range want {
+		n := 0
+		for _, l := range lines {
+			if strings.Contains(l, " "+v+" ") {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%s is named on %d lines, want 1:\n%s", v, n, err)
+		}
+	}
+}
+
+// The server's variables are not required by commands that only use the
+// database (migrate, locks, replay).
+func TestLoadDatabaseOnly(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": "postgresql://localhost/lockstep", "LISTEN_ADDR": "8080"}
+	if _, err := config.Load(getenv(env), config.NeedDatabase); err != nil {
+		t.Fatalf("Load(NeedDatabase): %v", err)
+	}
+}
+
+func TestDevelopmentDefaults(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"DATABASE_URL": "postgres://localhost/lockstep_dev", "LOCKSTEP_ENV": "development"}
+	c, err := config.Load(getenv(env), config.NeedDatabase|config.NeedServer)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.WebhookSecrets[0] != config.DevWebhookSecret || c.AdminToken != config.DevAdminToken {
+		t.Fatalf("development values not filled: %+v", c)
+	}
+	want := []string{"STRIPE_WEBHOOK_SECRET", "STRIPE_SECRET_KEY", "APP_API_TOKEN", "ADMIN_TOKEN"}
+	if strings.Join(c.DevDefaults, ",") != strings.Join(want, ",") {
+		t.Fatalf("DevDefaults = %q, want %q", c.DevDefaults, want)
+	}
+}
+
+// String, which serve logs at startup, masks every secret.
+func TestStringMasksSecrets(t *testing.T) {
+	t.Parallel()
+	c, err := config.Load(getenv(good()), config.NeedDatabase|config.NeedServer)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	s := c.String()
+	for _, secret := range []string{"primarySECRETbody0123", "oldSECRETbody", "KEYbody0123456789", "app-token-body", "admin-token-body", "db-password-123"} {
+		if strings.Contains(s, secret) {
+			t.Errorf("String() shows %q: %s", secret, s)
+		}
+	}
+	// What is left says what is configured, without the values.
+	for _, want := range []string{"whsec_****,whsec_****", "stripe_key=sk_live_****", "app_token=****", "admin_token=****",
+		"database=postgres://lockstep:", "@db.internal:5432/lockstep", "listen=127.0.0.1:8080", "lock_timeout=1.5s"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("String() lacks %q: %s", want, s)
+		}
+	}
+}
+
+func TestRedact(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"":                       "",
+		"whsec_abcdef0123456789": "whsec_****",
+		"sk_test_abcdef":         "sk_test_****",
+		"rk_live_abcdef":         "rk_live_****",
+		"something-else":         "****",
+	} {
+		if got := config.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := config.RedactURL("postgres://u:secretpw@h/db"); strings.Contains(got, "secretpw") {
+		t.Errorf("RedactURL kept the password: %s", got)
+	}
+}
