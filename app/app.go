@@ -99,6 +99,7 @@ type Server struct {
 func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server {
 	m := metrics.New()
 	m.RegisterPool(pool)
+	m.InitSecrets(len(cfg.WebhookSecrets))
 	lcfg := lockmgr.DefaultConfig()
 	if cfg.LockTimeout > 0 {
 		lcfg.LockTimeout = cfg.LockTimeout

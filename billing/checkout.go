@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/logging"
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -38,6 +40,9 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 		return nil, fmt.Errorf("read checkout session %s: %w", sessionID, err)
 	}
 	fetchedAt := s.fetchTime()
+	if sess.CustomerID != "" {
+		ctx = logging.With(ctx, slog.String("customer", sess.CustomerID))
+	}
 	for _, u := range sess.ClaimedUsers() {
 		if u != userID {
 			return nil, ErrSessionOtherUser

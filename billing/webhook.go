@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/logging"
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -123,6 +124,9 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 	act, err := prepare(ev)
 	if err != nil {
 		return EventResult{}, err
+	}
+	if act != nil && act.customerID != "" {
+		ctx = logging.With(ctx, slog.String("customer", act.customerID))
 	}
 	switch {
 	case act == nil:

@@ -212,8 +212,7 @@ func (c *Config) MigrateURL() string {
 	return c.DatabaseURL
 }
 
-// Redact masks a secret, keeping its prefix up to the first underscore run
-// and its last 4 characters when long enough to stay unguessable.
+// Redact masks a secret, keeping only its kind (whsec_, sk_test_, ...).
 func Redact(s string) string {
 	if s == "" {
 		return ""
@@ -234,10 +233,7 @@ func RedactURL(s string) string {
 	if err != nil {
 		return "(unparseable URL)"
 	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "****")
-	}
-	return u.String()
+	return u.Redacted()
 }
 
 // String prints the configuration with every secret masked.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/gorilla/mux"
 
@@ -48,7 +49,7 @@ func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
 	res, err := s.Billing.SyncCheckout(ctx, req.SessionID, req.UserID)
 	if err != nil {
 		code := writeStatus(w, err)
-		s.Metrics.CheckoutOutcome(http.StatusText(code))
+		s.Metrics.CheckoutOutcome(outcomeLabel(code))
 		level := slog.LevelWarn
 		if code >= 500 {
 			level = slog.LevelError
@@ -73,4 +74,9 @@ func (s *server) userBilling(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// outcomeLabel names a failed call's status for metrics: "not_found", ...
+func outcomeLabel(code int) string {
+	return strings.ReplaceAll(strings.ToLower(http.StatusText(code)), " ", "_")
 }
