@@ -20,14 +20,14 @@ type Event struct {
 }
 
 // ParseEvent parses and checks a webhook body. It rejects what PostgreSQL
-// could not store (invalid UTF-8, NUL characters) as well as anything that
+// could not store (invalid UTF-8, NUL characters, unpaired surrogates) as well as anything that
 // is not a Stripe event, so a rejected body never reaches the database.
 func ParseEvent(payload []byte) (*Event, error) {
 	if !utf8.Valid(payload) {
 		return nil, fmt.Errorf("%w: event: body is not valid UTF-8", ErrMalformed)
 	}
-	if hasNULEscape(payload) {
-		return nil, fmt.Errorf("%w: event: body contains a NUL character", ErrMalformed)
+	if bad := badEscape(payload); bad != "" {
+		return nil, fmt.Errorf("%w: event: body contains %s", ErrMalformed, bad)
 	}
 	var w struct {
 		ID         string  `json:"id"`
@@ -77,22 +77,61 @@ func validType(t string) bool {
 	return true
 }
 
-// hasNULEscape reports whether the JSON text holds the escape \u0000, which
-// jsonb cannot store. An escaped backslash before "u0000" does not count.
-func hasNULEscape(b []byte) bool {
-	for i := 0; ; {
-		j := bytes.Index(b[i:], []byte(`\u0000`))
-		if j < 0 {
-			return bytes.IndexByte(b, 0) >= 0
-		}
-		j += i
-		n := 0
-		for k := j - 1; k >= 0 && b[k] == '\\'; k-- {
-			n++
-		}
-		if n%2 == 0 {
-			return true
-		}
-		i = j + 1
+// badEscape reports what in the JSON text jsonb cannot store: a raw NUL
+// byte, the escape \u0000, or a UTF-16 surrogate escape without its pair.
+// Escapes are walked pair by pair, so an escaped backslash before "u0000"
+// is text, not an escape.
+func badEscape(b []byte) string {
+	if bytes.IndexByte(b, 0) >= 0 {
+		return "a NUL character"
 	}
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		if i+1 >= len(b) || b[i+1] != 'u' {
+			i++ // a two-byte escape such as \\ or \"
+			continue
+		}
+		r, ok := hex4(b, i+2)
+		switch {
+		case !ok:
+			return "" // json.Unmarshal reports the syntax error
+		case r == 0:
+			return "a NUL character"
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return "an unpaired UTF-16 surrogate"
+		case r >= 0xD800 && r <= 0xDBFF:
+			lo, ok := rune(0), i+7 < len(b) && b[i+6] == '\\' && b[i+7] == 'u'
+			if ok {
+				lo, ok = hex4(b, i+8)
+			}
+			if !ok || lo < 0xDC00 || lo > 0xDFFF {
+				return "an unpaired UTF-16 surrogate"
+			}
+			i += 6
+		}
+		i += 5
+	}
+	return ""
+}
+
+func hex4(b []byte, at int) (rune, bool) {
+	if at+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[at : at+4] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
 }

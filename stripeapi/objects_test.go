@@ -124,18 +124,25 @@ func TestParseEventRejectsWhatPostgresCannotStore(t *testing.T) {
 		t.Fatalf("valid event: %v", err)
 	}
 	for name, body := range map[string]string{
-		"NUL escape":        `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"\u0000"}}}`,
-		"raw NUL":           "{\"id\":\"evt_1\",\"object\":\"event\",\"type\":\"x\",\"created\":1,\"data\":{\"object\":{\"a\":\"\x00\"}}}",
-		"invalid UTF-8":     "{\"id\":\"evt_1\",\"object\":\"event\",\"type\":\"x\",\"created\":1,\"data\":{\"object\":{\"a\":\"\xff\"}}}",
-		"far future":        `{"id":"evt_1","object":"event","type":"x","created":99999999999,"data":{"object":{}}}`,
-		"data not object":   `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":[]}}`,
-		"type with spaces":  `{"id":"evt_1","object":"event","type":"a b","created":1,"data":{"object":{}}}`,
-		"not an event":      `{"id":"evt_1","object":"charge","type":"x","created":1,"data":{"object":{}}}`,
-		"id without prefix": `{"id":"1","object":"event","type":"x","created":1,"data":{"object":{}}}`,
+		"NUL escape":          `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"\u0000"}}}`,
+		"raw NUL":             "{\"id\":\"evt_1\",\"object\":\"event\",\"type\":\"x\",\"created\":1,\"data\":{\"object\":{\"a\":\"\x00\"}}}",
+		"invalid UTF-8":       "{\"id\":\"evt_1\",\"object\":\"event\",\"type\":\"x\",\"created\":1,\"data\":{\"object\":{\"a\":\"\xff\"}}}",
+		"far future":          `{"id":"evt_1","object":"event","type":"x","created":99999999999,"data":{"object":{}}}`,
+		"data not object":     `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":[]}}`,
+		"type with spaces":    `{"id":"evt_1","object":"event","type":"a b","created":1,"data":{"object":{}}}`,
+		"not an event":        `{"id":"evt_1","object":"charge","type":"x","created":1,"data":{"object":{}}}`,
+		"id without prefix":   `{"id":"1","object":"event","type":"x","created":1,"data":{"object":{}}}`,
+		"lone high surrogate": `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"\ud800"}}}`,
+		"lone low surrogate":  `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"x\udc00"}}}`,
+		"high then non-low":   `{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"\ud800\u0041"}}}`,
 	} {
 		if _, err := ParseEvent([]byte(body)); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: err = %v, want ErrMalformed", name, err)
 		}
+	}
+	// A surrogate pair is a valid character (an emoji).
+	if _, err := ParseEvent([]byte(`{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"\ud83d\ude00 \\ud800"}}}`)); err != nil {
+		t.Fatalf("surrogate pair: %v", err)
 	}
 	// An escaped backslash before u0000 is text, not a NUL.
 	if _, err := ParseEvent([]byte(`{"id":"evt_1","object":"event","type":"x","created":1,"data":{"object":{"a":"\\u0000"}}}`)); err != nil {
@@ -152,7 +159,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"id":"in_1","object":"invoice","customer":"cus_1","parent":{"subscription_details":{"subscription":"sub_1"}}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if ev, err := ParseEvent(b); err == nil {
-			if hasNULEscape(ev.Payload) || !ValidID(ev.ID, "evt_") {
+			if badEscape(ev.Payload) != "" || !ValidID(ev.ID, "evt_") {
 				t.Fatalf("accepted an unstorable event: %q", b)
 			}
 		}
