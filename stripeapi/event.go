@@ -20,13 +20,14 @@ type Event struct {
 }
 
 // ParseEvent parses and checks a webhook body. It rejects what PostgreSQL
-// could not store (invalid UTF-8, NUL characters, unpaired surrogates) as well as anything that
+// could not store (invalid UTF-8, NUL characters, unpaired
+// surrogates, numbers beyond numeric) as well as anything that
 // is not a Stripe event, so a rejected body never reaches the database.
 func ParseEvent(payload []byte) (*Event, error) {
 	if !utf8.Valid(payload) {
 		return nil, fmt.Errorf("%w: event: body is not valid UTF-8", ErrMalformed)
 	}
-	if bad := badEscape(payload); bad != "" {
+	if bad := unstorable(payload); bad != "" {
 		return nil, fmt.Errorf("%w: event: body contains %s", ErrMalformed, bad)
 	}
 	var w struct {
@@ -77,43 +78,84 @@ func validType(t string) bool {
 	return true
 }
 
-// badEscape reports what in the JSON text jsonb cannot store: a raw NUL
-// byte, the escape \u0000, or a UTF-16 surrogate escape without its pair.
-// Escapes are walked pair by pair, so an escaped backslash before "u0000"
-// is text, not an escape.
-func badEscape(b []byte) string {
+// unstorable reports what in the JSON text jsonb cannot store: a raw NUL
+// byte, the escape \u0000, a UTF-16 surrogate escape without its pair, or
+// a number beyond PostgreSQL's numeric (Stripe sends none of these). It
+// walks the text once, string escapes pair by pair, so an escaped backslash
+// before "u0000" is text, not an escape. Syntax errors are left to
+// json.Unmarshal.
+func unstorable(b []byte) string {
 	if bytes.IndexByte(b, 0) >= 0 {
 		return "a NUL character"
 	}
+	inString := false
 	for i := 0; i < len(b); i++ {
-		if b[i] != '\\' {
-			continue
-		}
-		if i+1 >= len(b) || b[i+1] != 'u' {
-			i++ // a two-byte escape such as \\ or \"
-			continue
-		}
-		r, ok := hex4(b, i+2)
+		c := b[i]
 		switch {
-		case !ok:
-			return "" // json.Unmarshal reports the syntax error
-		case r == 0:
-			return "a NUL character"
-		case r >= 0xDC00 && r <= 0xDFFF:
-			return "an unpaired UTF-16 surrogate"
-		case r >= 0xD800 && r <= 0xDBFF:
-			lo, ok := rune(0), i+7 < len(b) && b[i+6] == '\\' && b[i+7] == 'u'
-			if ok {
-				lo, ok = hex4(b, i+8)
+		case !inString && c == '"':
+			inString = true
+		case !inString && (c == '-' || c >= '0' && c <= '9'):
+			j := i
+			for j < len(b) && bytes.IndexByte([]byte("+-.0123456789eE"), b[j]) >= 0 {
+				j++
 			}
-			if !ok || lo < 0xDC00 || lo > 0xDFFF {
-				return "an unpaired UTF-16 surrogate"
+			if !storableNumber(b[i:j]) {
+				return "a number out of range"
 			}
-			i += 6
+			i = j - 1
+		case !inString:
+		case c == '"':
+			inString = false
+		case c != '\\':
+		case i+1 >= len(b) || b[i+1] != 'u':
+			i++ // a two-byte escape such as \\ or \"
+		default:
+			bad, n := unicodeEscape(b, i)
+			if bad != "" {
+				return bad
+			}
+			i += n - 1
 		}
-		i += 5
 	}
 	return ""
+}
+
+// unicodeEscape checks the \uXXXX escape at b[i:] and returns its length
+// (12 for a surrogate pair).
+func unicodeEscape(b []byte, i int) (bad string, n int) {
+	r, ok := hex4(b, i+2)
+	switch {
+	case !ok:
+		return "", 2
+	case r == 0:
+		return "a NUL character", 0
+	case r >= 0xDC00 && r <= 0xDFFF:
+		return "an unpaired UTF-16 surrogate", 0
+	case r >= 0xD800 && r <= 0xDBFF:
+		lo, ok := rune(0), i+7 < len(b) && b[i+6] == '\\' && b[i+7] == 'u'
+		if ok {
+			lo, ok = hex4(b, i+8)
+		}
+		if !ok || lo < 0xDC00 || lo > 0xDFFF {
+			return "an unpaired UTF-16 surrogate", 0
+		}
+		return "", 12
+	}
+	return "", 6
+}
+
+// storableNumber bounds a JSON number: at most 64 characters and an
+// exponent within ±1000, far inside numeric's range and Stripe's use.
+func storableNumber(n []byte) bool {
+	if len(n) > 64 {
+		return false
+	}
+	if e := bytes.IndexAny(n, "eE"); e >= 0 {
+		exp := bytes.TrimLeft(n[e+1:], "+-")
+		exp = bytes.TrimLeft(exp, "0")
+		return len(exp) <= 3
+	}
+	return true
 }
 
 func hex4(b []byte, at int) (rune, bool) {
