@@ -60,8 +60,13 @@ func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		// Log-safe: stripe-go's error text carries Stripe's message and
-		// request id, never the key.
+		// Stripe's message can quote the API key ("Invalid API Key provided:
+		// sk_test_****abcd"), so errors carry its status, type, code and
+		// request id, never its text.
+		if serr != nil {
+			return nil, fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
+				serr.HTTPStatusCode, serr.Type, serr.Code, serr.RequestID)
+		}
 		return nil, fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
 	}
 	if obj.LastResponse == nil {
