@@ -52,6 +52,8 @@ func Classify(err error) Class {
 	switch {
 	case err == nil:
 		return Permanent
+	case errors.Is(err, ErrCustomerBusy): // the lock was held all along: a 503, Stripe redelivers
+		return Transient
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return Permanent
 	}

@@ -3,6 +3,18 @@
 // writers for the same customer serialize across goroutines, processes and
 // machines, with transient database failures retried under a bounded budget.
 //
+// Waiting for a customer's lock pins a pool connection: PostgreSQL makes the
+// waiter's session wait, for at most lock_timeout per attempt. So that a
+// customer whose lock is held for long (a stuck session, a burst of events
+// for one customer) cannot starve the pool, a Manager lets at most
+// WritersPerCustomer writers per customer at a time take a connection for
+// that customer: the one holding the lock and the next in line, already
+// waiting in PostgreSQL so the lock passes on without a round trip. The
+// others queue in memory, in arrival order and without a connection, for at
+// most the retry budget. Writers for other customers never wait behind them.
+// Across processes the advisory lock alone serializes, and each process pins
+// at most WritersPerCustomer connections per contended customer.
+//
 // It is the only code in lockstep that begins a transaction.
 package lockmgr
 
@@ -12,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -25,8 +38,18 @@ import (
 // It is 'LSTS' in ASCII; the stripe_customer_locks view knows it.
 const UserLockClass = 1280529491
 
-// ErrEmptyCustomer is returned for a transaction asked to lock no customer.
-var ErrEmptyCustomer = errors.New("lockmgr: empty customer id")
+// WritersPerCustomer is how many of a Manager's writers for one customer
+// may hold a pool connection at once (see the package comment).
+const WritersPerCustomer = 2
+
+var (
+	// ErrEmptyCustomer is returned for a transaction asked to lock no customer.
+	ErrEmptyCustomer = errors.New("lockmgr: empty customer id")
+	// ErrCustomerBusy is returned when the retry budget ran out while the
+	// writer queued behind others of this process for the same customer. It
+	// is transient: the customer's lock was held all that time.
+	ErrCustomerBusy = errors.New("lockmgr: customer busy: retry budget spent waiting for its lock")
+)
 
 // Config bounds how long a writer may wait and retry.
 type Config struct {
@@ -36,7 +59,10 @@ type Config struct {
 	LockTimeout time.Duration
 	// StatementTimeout is SET LOCAL statement_timeout for every transaction.
 	StatementTimeout time.Duration
-	// RetryBudget caps the total time spent on one transaction's attempts.
+	// RetryBudget caps the total time spent on one transaction's attempts,
+	// queueing in memory behind other writers for the same customer
+	// included; the last attempt may then wait up to LockTimeout more. Zero
+	// means no cap (the context alone ends the retries).
 	RetryBudget time.Duration
 	// InitialBackoff and MaxBackoff shape the exponential, jittered wait
 	// between attempts.
@@ -45,7 +71,8 @@ type Config struct {
 }
 
 // DefaultConfig keeps a writer inside a few seconds: a customer's lock is
-// awaited at most 1.5 s per attempt and retried for at most 4 s in all.
+// awaited at most 1.5 s per attempt and retried for at most 4 s in all, so a
+// writer gives up after 5.5 s at worst (answered 503; Stripe redelivers).
 func DefaultConfig() Config {
 	return Config{
 		LockTimeout:      1500 * time.Millisecond,
@@ -76,6 +103,7 @@ type Manager struct {
 	cfg  Config
 	obs  Observer
 	log  *slog.Logger
+	line line
 }
 
 // New returns a Manager. A nil observer or logger is allowed.
@@ -86,7 +114,7 @@ func New(pool *pgxpool.Pool, cfg Config, obs Observer, log *slog.Logger) *Manage
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{pool: pool, cfg: cfg, obs: obs, log: log}
+	return &Manager{pool: pool, cfg: cfg, obs: obs, log: log, line: line{slots: map[string]*slot{}}}
 }
 
 // Pool returns the pool the manager runs on, for reads that need no lock.
@@ -135,9 +163,17 @@ SELECT set_config('lock_timeout', $1, true),
 // spent or ctx is done; fn must therefore be safe to run again, and must not
 // call out of the database. An error fn marks with backoff.Permanent, or
 // any permanent error, stops at once.
+//
+// Each attempt first queues in memory behind this Manager's other writers
+// for the same customer (see the package comment); a writer still queued
+// when the budget is spent gets ErrCustomerBusy.
 func (m *Manager) InCustomerTx(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error) error {
 	if customerID == "" {
 		return ErrEmptyCustomer
+	}
+	var deadline time.Time
+	if m.cfg.RetryBudget > 0 {
+		deadline = time.Now().Add(m.cfg.RetryBudget)
 	}
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(m.cfg.InitialBackoff),
@@ -148,7 +184,13 @@ func (m *Manager) InCustomerTx(ctx context.Context, customerID string, who Who, 
 	attempts := 0
 	op := func() error {
 		attempts++
-		err := m.attempt(ctx, customerID, who, fn)
+		queued := time.Now()
+		leave, err := m.line.enter(ctx, customerID, deadline)
+		if err != nil {
+			return backoff.Permanent(err)
+		}
+		err = m.attempt(ctx, customerID, who, fn, queued)
+		leave()
 		if err == nil {
 			return nil
 		}
@@ -188,8 +230,9 @@ func (e *RetryError) Error() string {
 
 func (e *RetryError) Unwrap() error { return e.Err }
 
-// attempt is one try: begin, lock, fn, commit.
-func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error) (err error) {
+// attempt is one try: begin, lock, fn, commit. queued is when the attempt
+// began to wait for its turn, for the lock-wait figure.
+func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error, queued time.Time) (err error) {
 	tx, err := m.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -204,14 +247,13 @@ func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn fu
 		}
 	}()
 
-	start := time.Now()
 	if _, err = tx.Exec(ctx, beginQuery,
 		pgInterval(m.cfg.LockTimeout), pgInterval(m.cfg.StatementTimeout),
 		who.applicationName(), customerID); err != nil {
 		return fmt.Errorf("lock customer %s: %w", customerID, err)
 	}
 	locked := time.Now()
-	m.obs.LockWaited(who.Writer, locked.Sub(start))
+	m.obs.LockWaited(who.Writer, locked.Sub(queued))
 	defer func() { m.obs.LockHeld(who.Writer, time.Since(locked)) }()
 
 	if err = fn(ctx, tx); err != nil {
@@ -242,4 +284,65 @@ func LockUser(ctx context.Context, tx pgx.Tx, userID string) error {
 
 func pgInterval(d time.Duration) string {
 	return fmt.Sprintf("%dms", d.Milliseconds())
+}
+
+// line queues a Manager's writers per customer, so that at most
+// WritersPerCustomer of them at a time hold a pool connection for that
+// customer, holding or awaiting its advisory lock in PostgreSQL.
+type line struct {
+	mu    sync.Mutex
+	slots map[string]*slot
+}
+
+// slot is one customer's turns: token holds a value per writer that has one.
+type slot struct {
+	token chan struct{}
+	users int // writers holding or awaiting the turn; the slot goes at 0
+}
+
+// enter waits for a turn at customerID until ctx is done or deadline (zero:
+// no deadline) passes, and returns the function that ends the turn. Waiters
+// get their turn in arrival order.
+func (l *line) enter(ctx context.Context, customerID string, deadline time.Time) (leave func(), err error) {
+	l.mu.Lock()
+	s := l.slots[customerID]
+	if s == nil {
+		s = &slot{token: make(chan struct{}, WritersPerCustomer)}
+		l.slots[customerID] = s
+	}
+	s.users++
+	l.mu.Unlock()
+	leave = func() {
+		<-s.token
+		l.drop(customerID, s)
+	}
+	select {
+	case s.token <- struct{}{}:
+		return leave, nil
+	default:
+	}
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		expired = timer.C
+	}
+	select {
+	case s.token <- struct{}{}:
+		return leave, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-expired:
+		err = ErrCustomerBusy
+	}
+	l.drop(customerID, s)
+	return nil, err
+}
+
+func (l *line) drop(customerID string, s *slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s.users--; s.users == 0 {
+		delete(l.slots, customerID)
+	}
 }
