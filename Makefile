@@ -62,10 +62,18 @@ fuzz-each:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 	done
 
-# The load test against a running server is `go run . bench`; this target
-# runs the Go benchmarks (some need a database).
+# `make bench` runs lockstep in-process beside the pgbench reference, each on a
+# scratch database on the server scripts/pg.sh finds or starts; the report and
+# chart land in BENCH_OUT. Other shapes: BENCH_FLAGS='-hot', '-storm -concurrency 16,64'.
+BENCH_OUT ?= bench-out
+BENCH_FLAGS ?= -concurrency 1,4,16 -duration 5s
+
 .PHONY: bench
-bench: ## run the Go benchmarks (the load command is `go run . bench`)
+bench: ## load lockstep beside the pgbench reference; report in BENCH_OUT (BENCH_FLAGS='-hot' ...)
+	$(PG) test -- sh -c 'DATABASE_URL="$$TEST_DATABASE_URL" exec $(GO) run . bench -scratch $(BENCH_FLAGS) -out $(BENCH_OUT)'
+
+.PHONY: bench-go
+bench-go: ## run the Go benchmarks with allocations (signature check, parsing, the webhook handler)
 	$(PG) test -- $(GO) test -run '^$$' -bench . -benchmem ./...
 
 .PHONY: lint

@@ -31,6 +31,7 @@ package stripefake
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -65,16 +66,53 @@ type Server struct {
 // New starts a fake Stripe API server; t.Cleanup closes it.
 func New(t testing.TB) *Server {
 	t.Helper()
+	s := newUnstarted()
+	s.start()
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+// Start starts a fake Stripe API server on a free port of 127.0.0.1, for use
+// outside tests (the load command); the caller must Close it.
+func Start() *Server {
+	s := newUnstarted()
+	s.start()
+	return s
+}
+
+// StartOn starts a fake Stripe API server listening on addr (host:port), so
+// a separately started lockstep can be given its URL in advance; the caller
+// must Close it.
+func StartOn(addr string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("stripefake: listen on %s: %w", addr, err)
+	}
+	s := newUnstarted()
+	_ = s.srv.Listener.Close()
+	s.srv.Listener = ln
+	s.start()
+	return s, nil
+}
+
+// Close stops the server and waits for the requests in flight. Servers from
+// New are closed by the test's cleanup; Close them again is harmless.
+func (s *Server) Close() { s.srv.Close() }
+
+func newUnstarted() *Server {
 	s := &Server{
 		sessions:      map[string]Session{},
 		subscriptions: map[string]Subscription{},
 		customers:     map[string]Customer{},
 		invoices:      map[string]Invoice{},
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
-	s.URL = strings.TrimSuffix(s.srv.URL, "/")
-	t.Cleanup(s.srv.Close)
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
 	return s
+}
+
+func (s *Server) start() {
+	s.srv.Start()
+	s.URL = strings.TrimSuffix(s.srv.URL, "/")
 }
 
 // Backends returns stripe-go backends aimed at the fake, with logging off and

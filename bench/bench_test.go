@@ -1,0 +1,381 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"image/png"
+	"io"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/internal/stripefake"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+func TestPercentile(t *testing.T) {
+	t.Parallel()
+	ms := func(v ...int) []time.Duration {
+		out := make([]time.Duration, len(v))
+		for i, x := range v {
+			out[i] = time.Duration(x) * time.Millisecond
+		}
+		return out
+	}
+	hundred := make([]int, 100)
+	for i := range hundred {
+		hundred[i] = 100 - i // 100..1, unsorted
+	}
+	tests := []struct {
+		name    string
+		samples []time.Duration
+		p       float64
+		want    time.Duration
+	}{
+		{"empty", nil, 99, 0},
+		{"one", ms(7), 50, 7 * time.Millisecond},
+		{"one p99", ms(7), 99, 7 * time.Millisecond},
+		{"median of four is the second", ms(4, 1, 3, 2), 50, 2 * time.Millisecond},
+		{"p100 is the max", ms(4, 1, 3, 2), 100, 4 * time.Millisecond},
+		{"p99 of 1..100", ms(hundred...), 99, 99 * time.Millisecond},
+		{"p95 of 1..100", ms(hundred...), 95, 95 * time.Millisecond},
+		{"p50 of 1..100", ms(hundred...), 50, 50 * time.Millisecond},
+		{"p99 of ten is the max", ms(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), 99, 10 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			l := Summarize(tt.samples)
+			got := Percentile(tt.samples, tt.p) // sorted by Summarize
+			if got != tt.want {
+				t.Errorf("Percentile(%v) = %v, want %v", tt.p, got, tt.want)
+			}
+			if l.N != len(tt.samples) {
+				t.Errorf("N = %d, want %d", l.N, len(tt.samples))
+			}
+		})
+	}
+	l := Summarize(ms(hundred...))
+	if l.P50 != 50*time.Millisecond || l.P95 != 95*time.Millisecond || l.P99 != 99*time.Millisecond ||
+		l.Max != 100*time.Millisecond || l.Mean != 50500*time.Microsecond {
+		t.Errorf("Summarize(1..100) = %+v", l)
+	}
+}
+
+const metricsBefore = `# HELP lockstep_lock_wait_seconds Time spent waiting for a customer's advisory lock, by writer.
+# TYPE lockstep_lock_wait_seconds histogram
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="0.001"} 10
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="0.01"} 10
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="0.1"} 10
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="+Inf"} 10
+lockstep_lock_wait_seconds_sum{writer="webhook"} 0.005
+lockstep_lock_wait_seconds_count{writer="webhook"} 10
+lockstep_tx_retries_total{writer="webhook",sqlstate="55P03"} 2
+`
+
+const metricsAfter = `lockstep_lock_wait_seconds_bucket{writer="checkout",le="0.001"} 0
+lockstep_lock_wait_seconds_bucket{writer="checkout",le="0.01"} 0
+lockstep_lock_wait_seconds_bucket{writer="checkout",le="0.1"} 100
+lockstep_lock_wait_seconds_bucket{writer="checkout",le="+Inf"} 100
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="0.001"} 910
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="0.01"} 1000
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="0.1"} 1010
+lockstep_lock_wait_seconds_bucket{writer="webhook",le="+Inf"} 1010
+lockstep_tx_retries_total{writer="webhook",sqlstate="55P03"} 5
+lockstep_tx_retries_total{writer="checkout",sqlstate="connection"} 1
+lockstep_http_request_duration_seconds_bucket{route="/webhooks/stripe",code="200",le="0.005"} 3 1700000000000
+process_resident_memory_bytes 3.1e+07
+`
+
+func TestHistogramDeltaP99(t *testing.T) {
+	t.Parallel()
+	before, err := ParseMetrics(strings.NewReader(metricsBefore))
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := ParseMetrics(strings.NewReader(metricsAfter))
+	if err != nil {
+		t.Fatal(err)
+	}
+	webhook := map[string]string{"writer": "webhook"}
+	delta := DeltaBuckets(before.Histogram("lockstep_lock_wait_seconds", webhook), after.Histogram("lockstep_lock_wait_seconds", webhook))
+	// 1000 new waits: 900 under 1 ms, 90 in (1 ms, 10 ms], 10 in (10 ms, 100 ms].
+	if got := Count(delta); got != 1000 {
+		t.Fatalf("delta count = %v, want 1000", got)
+	}
+	// Rank 990 is the last of the (1 ms, 10 ms] bucket: its upper bound.
+	if got := HistogramQuantile(0.99, delta); math.Abs(got-0.01) > 1e-9 {
+		t.Errorf("p99 = %v, want 0.01", got)
+	}
+	// Rank 500 of 900 in the first bucket: interpolated from 0.
+	if got, want := HistogramQuantile(0.5, delta), 0.001*500/900; math.Abs(got-want) > 1e-9 {
+		t.Errorf("p50 = %v, want %v", got, want)
+	}
+	// Rank 995: 5 of the 10 in (10 ms, 100 ms].
+	if got := HistogramQuantile(0.995, delta); math.Abs(got-0.055) > 1e-9 {
+		t.Errorf("p99.5 = %v, want 0.055", got)
+	}
+
+	// All writers: the checkout series has no "before" and counts from zero.
+	all := DeltaBuckets(before.Histogram("lockstep_lock_wait_seconds", nil), after.Histogram("lockstep_lock_wait_seconds", nil))
+	if got := Count(all); got != 1100 {
+		t.Fatalf("all writers: count = %v, want 1100", got)
+	}
+	// Rank 1089 of 1100: 99 into the 110 of (10 ms, 100 ms].
+	if got, want := HistogramQuantile(0.99, all), 0.01+0.09*99/110; math.Abs(got-want) > 1e-9 {
+		t.Errorf("all writers p99 = %v, want %v", got, want)
+	}
+
+	if got := after.Sum("lockstep_tx_retries_total", nil) - before.Sum("lockstep_tx_retries_total", nil); got != 4 {
+		t.Errorf("retries delta = %v, want 4", got)
+	}
+	if got := after.Sum("process_resident_memory_bytes", nil); got != 3.1e7 {
+		t.Errorf("unlabelled sample = %v", got)
+	}
+	if got := HistogramQuantile(0.99, DeltaBuckets(after.Histogram("lockstep_lock_wait_seconds", webhook), after.Histogram("lockstep_lock_wait_seconds", webhook))); !math.IsNaN(got) {
+		t.Errorf("quantile of an empty delta = %v, want NaN", got)
+	}
+}
+
+func TestHistogramQuantileInInfBucket(t *testing.T) {
+	t.Parallel()
+	b := []Bucket{{0.5, 1}, {1, 2}, {math.Inf(1), 100}}
+	if got := HistogramQuantile(0.99, b); got != 1 {
+		t.Errorf("rank in +Inf bucket = %v, want the largest finite bound 1", got)
+	}
+}
+
+func TestParseMetricsRejectsGarbage(t *testing.T) {
+	t.Parallel()
+	for _, in := range []string{`x{a="b} 1`, `x{a=b} 1`, `x{a="b"}`, `x not-a-number`} {
+		if _, err := ParseMetrics(strings.NewReader(in)); err == nil {
+			t.Errorf("ParseMetrics(%q) succeeded", in)
+		}
+	}
+	s, err := ParseMetrics(strings.NewReader(`x{a="q\"uote",b="c"} 2`))
+	if err != nil || len(s) != 1 || s[0].Labels["a"] != `q"uote` || s[0].Labels["b"] != "c" || s[0].Value != 2 {
+		t.Errorf("escaped label: %+v, %v", s, err)
+	}
+}
+
+const pgbench15 = `pgbench (15.20 (Debian 15.20-0+deb12u1))
+transaction type: /tmp/lockstep-pgbench-1/event.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 16
+number of threads: 2
+maximum number of tries: 1
+duration: 5 s
+number of transactions actually processed: 19212
+number of failed transactions: 0 (0.000%)
+latency average = 4.153 ms
+initial connection time = 22.145 ms
+tps = 3852.630473 (without initial connection time)
+`
+
+const pgbench13 = `transaction type: event.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 4
+number of threads: 2
+duration: 3 s
+number of transactions actually processed: 7000
+latency average = 1.700 ms
+tps = 2300.100000 (including connections establishing)
+tps = 2350.500000 (excluding connections establishing)
+`
+
+func TestParsePgbench(t *testing.T) {
+	t.Parallel()
+	r, err := ParsePgbench(pgbench15)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.TPS != 3852.630473 || r.Transactions != 19212 || r.Failed != 0 || r.Clients != 16 ||
+		r.Duration != 5*time.Second || r.LatencyAvg != 4153*time.Microsecond {
+		t.Errorf("pgbench 15: %+v", r)
+	}
+	r, err = ParsePgbench(pgbench13)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.TPS != 2350.5 || r.Transactions != 7000 || r.Clients != 4 {
+		t.Errorf("pgbench 13 (tps excluding connections): %+v", r)
+	}
+	if _, err := ParsePgbench("pgbench: error: connection to server failed\n"); !errors.Is(err, ErrNoTPS) {
+		t.Errorf("no tps: err = %v, want ErrNoTPS", err)
+	}
+}
+
+func TestParsePgbenchLog(t *testing.T) {
+	t.Parallel()
+	log := "0 1 6482 0 1795430771 171603\n1 1 1000 0 1795430771 171663\n" +
+		"2 7 failed 0 1795430771 171700 0 1\n\n3 1 2500 0 1795430771 173028\n"
+	got, err := parsePgbenchLog(strings.NewReader(log), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []time.Duration{6482 * time.Microsecond, 1000 * time.Microsecond, 2500 * time.Microsecond}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("sample %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestLibpqURL(t *testing.T) {
+	t.Parallel()
+	got := LibpqURL("postgres://u:p@127.0.0.1:5432/db?sslmode=disable&pool_max_conns=20&default_query_exec_mode=exec")
+	if got != "postgres://u:p@127.0.0.1:5432/db?sslmode=disable" {
+		t.Errorf("LibpqURL = %q", got)
+	}
+}
+
+func TestParseConcurrency(t *testing.T) {
+	t.Parallel()
+	got, err := ParseConcurrency(" 1, 4,16 ")
+	if err != nil || len(got) != 3 || got[0] != 1 || got[1] != 4 || got[2] != 16 {
+		t.Errorf("ParseConcurrency = %v, %v", got, err)
+	}
+	for _, bad := range []string{"", "0", "4,x", "2000", ","} {
+		if _, err := ParseConcurrency(bad); err == nil {
+			t.Errorf("ParseConcurrency(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	t.Parallel()
+	o, err := ParseArgs([]string{"-concurrency", "1,4", "-hot", "-events", "500", "-target", "http://127.0.0.1:8080/"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Mode() != "hot" || o.Events != 500 || o.Target != "http://127.0.0.1:8080" || o.Customers != 1000 || o.Duration != 10*time.Second {
+		t.Errorf("options: %+v", o)
+	}
+	var help bytes.Buffer
+	if _, err := ParseArgs([]string{"-h"}, &help); !errors.Is(err, flag.ErrHelp) || !strings.Contains(help.String(), "STRIPE_API_BASE") {
+		t.Errorf("-h: err %v, usage %q", err, help.String())
+	}
+	for _, bad := range [][]string{{"-hot", "-storm"}, {"-storm", "-customers", "1"}, {"-dup", "1.5"}, {"-target", "127.0.0.1:8080"}, {"extra"}} {
+		if _, err := ParseArgs(bad, io.Discard); err == nil {
+			t.Errorf("ParseArgs(%q) succeeded", bad)
+		}
+	}
+}
+
+// The template renders events lockstep accepts, with the ids and time asked for.
+func TestEventTemplate(t *testing.T) {
+	t.Parallel()
+	tmpl := newEventTemplate()
+	body := tmpl.render(nil, "evt_bench_x_42", "cus_bench_x_7", "sub_bench_x_7", 1234567890)
+	ev, err := stripeapi.ParseEvent(body)
+	if err != nil {
+		t.Fatalf("ParseEvent: %v\n%s", err, body)
+	}
+	if err := billing.PrepareEvent(ev); err != nil {
+		t.Fatalf("PrepareEvent: %v", err)
+	}
+	if ev.ID != "evt_bench_x_42" || ev.Type != EventType || ev.Created.Unix() != 1234567890 {
+		t.Errorf("event %s %s %v", ev.ID, ev.Type, ev.Created)
+	}
+	sub, err := stripeapi.ParseSubscription(ev.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.ID != "sub_bench_x_7" || sub.CustomerID != "cus_bench_x_7" || sub.Status != "active" || sub.PriceID != "price_bench" {
+		t.Errorf("subscription %+v", sub)
+	}
+	if !json.Valid(body) || bytes.Contains(body, []byte("TMPL")) {
+		t.Errorf("body keeps a marker or is not JSON:\n%s", body)
+	}
+}
+
+func TestWorkloadEventsGetNewer(t *testing.T) {
+	t.Parallel()
+	fake := stripefake.Start()
+	defer fake.Close()
+	w := newWorkload("t1", 3, false, false, 0.2, 0.1, fake)
+	a, b := w.newEvent(1), w.newEvent(1)
+	if b.created <= a.created || b.n == a.n {
+		t.Errorf("second event of a customer %+v is not newer than %+v", b, a)
+	}
+	if ev, ok := w.redelivery(); !ok || (ev != a && ev != b) {
+		t.Errorf("redelivery = %+v, %v", ev, ok)
+	}
+	hot := newWorkload("t2", 1000, true, false, 0, 0, fake)
+	if len(hot.customers) != 1 || hot.eventCustomer() != 0 {
+		t.Errorf("hot workload has %d customers", len(hot.customers))
+	}
+	storm := newWorkload("t3", 5, false, true, 0, 0, fake)
+	for range 50 {
+		if storm.eventCustomer() != 0 || storm.successCustomer() == 0 {
+			t.Fatal("storm: webhooks must go to customer 0 and success calls elsewhere")
+		}
+	}
+}
+
+func TestChartAndMarkdown(t *testing.T) {
+	t.Parallel()
+	rep := &Report{
+		Config: Config{Options: Options{Customers: 1000, Concurrency: []int{1, 4, 16}, Duration: 5 * time.Second, Dup: 0.2, Success: 0.1}, Command: "lockstep bench"},
+		Run:    "abcd",
+	}
+	for i, c := range []int{1, 4, 16} {
+		lvl := Level{Concurrency: c, RPS: float64(400 * (i + 1)), Requests: 100,
+			Webhook:     Latencies{N: 90, P50: time.Millisecond, P99: time.Duration(i+2) * time.Millisecond},
+			Success:     Latencies{N: 10, P99: 5 * time.Millisecond},
+			LockWaitP99: Seconds{"": 0.001}, LockHoldP99: Seconds{"": math.NaN()}}
+		if i < 2 { // the last level's reference failed
+			lvl.Reference = &Reference{TPS: float64(600 * (i + 1)), Latencies: Latencies{N: 5, P99: time.Millisecond}}
+			lvl.Ratio = lvl.RPS / lvl.Reference.TPS
+		} else {
+			lvl.ReferenceErr = "pgbench: exit status 1"
+		}
+		rep.Levels = append(rep.Levels, lvl)
+	}
+	b, err := Chart(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(bytes.NewReader(b))
+	if err != nil || img.Bounds().Dx() < 600 {
+		t.Fatalf("chart: %v", err)
+	}
+	js, err := json.Marshal(rep)
+	if err != nil || !bytes.Contains(js, []byte(`"LockHoldP99":{"":null}`)) {
+		t.Errorf("report JSON: %v\n%s", err, js)
+	}
+	md := Markdown(rep)
+	for _, want := range []string{"| 16 | 1200 |", "0.67", "chart.png", "pgbench: exit status 1"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestCombineReferences(t *testing.T) {
+	t.Parallel()
+	a := &Reference{Clients: 4, Transactions: 1000, TPS: 500, samples: []time.Duration{time.Millisecond, 3 * time.Millisecond},
+		CPU: CPU{Machine: 100 * time.Microsecond, Process: 10 * time.Microsecond}}
+	b := &Reference{Clients: 4, Transactions: 3000, TPS: 1000, samples: []time.Duration{2 * time.Millisecond},
+		CPU: CPU{Machine: 200 * time.Microsecond, Process: 30 * time.Microsecond}}
+	got := CombineReferences([]*Reference{a, b})
+	// 4000 transactions in 2 s + 3 s.
+	if got.Transactions != 4000 || got.TPS != 800 || got.Rounds != 2 {
+		t.Errorf("combined: %+v", got)
+	}
+	if got.Latencies.N != 3 || got.Latencies.P50 != 2*time.Millisecond || got.Latencies.Max != 3*time.Millisecond {
+		t.Errorf("latencies: %+v", got.Latencies)
+	}
+	if got.CPU.Machine != 175*time.Microsecond || got.CPU.Process != 25*time.Microsecond {
+		t.Errorf("cpu: %+v", got.CPU)
+	}
+}

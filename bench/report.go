@@ -1,0 +1,320 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+func printLevel(out io.Writer, cfg Config, l *Level) {
+	fmt.Fprintf(out, "\nconcurrency %d: %.1f s, %d requests, %.0f req/s, %d errors\n",
+		l.Concurrency, l.Elapsed.Seconds(), l.Requests, l.RPS, l.Errors)
+	if l.Webhook.N > 0 {
+		fmt.Fprintf(out, "  webhooks   %7d (%.0f/s)  %s  processed %d, duplicate %d\n",
+			l.Webhook.N, l.WebhookRPS, latencyLine(l.Webhook), l.Processed, l.Duplicate)
+	}
+	if l.Success.N > 0 {
+		fmt.Fprintf(out, "  success    %7d (%.0f/s)  %s\n", l.Success.N, l.SuccessRPS, latencyLine(l.Success))
+	}
+	fmt.Fprintf(out, "  status     %s\n", statusLine(l))
+	fmt.Fprintf(out, "  locks      wait p99 %s ms (webhook %s, checkout %s) over %.0f locks; hold p99 %s ms; retries %.0f\n",
+		secondsMs(l.LockWaitP99[""]), secondsMs(l.LockWaitP99["webhook"]), secondsMs(l.LockWaitP99["checkout"]),
+		l.LockWaits, secondsMs(l.LockHoldP99[""]), l.Retries)
+	fmt.Fprintf(out, "  pool       %.0f acquires waited for a connection, %.3f s in all\n", l.PoolEmptyAcquires, l.PoolAcquireWait)
+	if l.DB != nil && l.Requests > 0 {
+		fmt.Fprintf(out, "  database   %s\n", dbLine(l))
+	}
+	if l.Memory.RSS > 0 {
+		fmt.Fprintf(out, "  memory     rss %s, peak %s (VmHWM)\n", mb(l.Memory.RSS), mb(l.Memory.Peak))
+	}
+	if l.CPU.Machine > 0 {
+		fmt.Fprintf(out, "  cpu        %s\n", cpuLine(cfg, l))
+	}
+	switch {
+	case l.Reference != nil:
+		r := l.Reference
+		fmt.Fprintf(out, "  reference  pgbench %.0f tx/s  %s  (%d tx, %d failed)\n", r.TPS, latencyLine(r.Latencies), r.Transactions, r.Failed)
+		fmt.Fprintf(out, "  ratio      %s (%s)\n", ratioString(l.Ratio), ratioMeaning(cfg))
+	case l.ReferenceErr != "":
+		fmt.Fprintf(out, "  reference  failed: %s\n", l.ReferenceErr)
+	}
+}
+
+func ratioMeaning(cfg Config) string {
+	if cfg.Storm {
+		return "lockstep webhooks/s ÷ pgbench tx/s"
+	}
+	return "lockstep requests/s ÷ pgbench tx/s"
+}
+
+func cpuLine(cfg Config, l *Level) string {
+	who := "lockstep"
+	if cfg.InProcess {
+		who = "bench process (lockstep and the load)"
+	}
+	s := fmt.Sprintf("per request: %s %s", who, usString(l.CPU.Process))
+	if l.CPU.DB > 0 {
+		s += fmt.Sprintf(" + its database backends %s", usString(l.CPU.DB))
+	}
+	s += fmt.Sprintf(" (machine %s)", usString(l.CPU.Machine))
+	if r := l.Reference; r != nil && r.CPU.Machine > 0 {
+		s += fmt.Sprintf("; reference per transaction: pgbench %s", usString(r.CPU.Process))
+		if r.CPU.DB > 0 {
+			s += fmt.Sprintf(" + its database backends %s", usString(r.CPU.DB))
+		}
+		s += fmt.Sprintf(" (machine %s)", usString(r.CPU.Machine))
+		if own, ref := l.CPU.Own(), r.CPU.Own(); own > 0 && ref > 0 {
+			s += fmt.Sprintf("; CPU ratio %.2f", float64(ref)/float64(own))
+		}
+	}
+	return s
+}
+
+func latencyLine(l Latencies) string {
+	return fmt.Sprintf("p50 %s  p95 %s  p99 %s  max %s ms", ms(l.P50), ms(l.P95), ms(l.P99), ms(l.Max))
+}
+
+func statusLine(l *Level) string {
+	var parts []string
+	for _, kind := range []struct {
+		name string
+		m    map[string]int
+	}{{"webhook", l.WebhookStatus}, {"success", l.SuccessStatus}} {
+		if len(kind.m) == 0 {
+			continue
+		}
+		parts = append(parts, kind.name+" "+statusCounts(kind.m))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func statusCounts(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s×%d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func dbLine(l *Level) string {
+	d := l.DB
+	n := float64(l.Requests)
+	per := func(v int64) string { return fmt.Sprintf("%.2f", float64(v)/n) }
+	rtps := "-"
+	if d.Statements > 0 {
+		rtps = fmt.Sprintf("%.2f", float64(d.RoundTrips)/float64(d.Statements))
+	}
+	return fmt.Sprintf("per request: %s statements, %s round trips (%s per statement), %s transactions (%d rolled back); %d prepares in all",
+		per(d.Statements), per(d.RoundTrips), rtps, per(d.Begins), d.Rollbacks, d.Prepares)
+}
+
+func printSummary(out io.Writer, rep *Report) {
+	if len(rep.Levels) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "\nsummary (%s)\n", rep.Config.Mode())
+	fmt.Fprintf(out, "%5s %10s %8s %8s %8s %10s %8s %8s %6s %7s\n",
+		"conc", "req/s", "p50 ms", "p95 ms", "p99 ms", "pgbench", "p99 ms", "succ p99", "ratio", "errors")
+	for _, l := range rep.Levels {
+		refTPS, refP99 := "-", "-"
+		if l.Reference != nil {
+			refTPS, refP99 = fmt.Sprintf("%.0f", l.Reference.TPS), ms(l.Reference.Latencies.P99)
+		}
+		succ := "-"
+		if l.Success.N > 0 {
+			succ = ms(l.Success.P99)
+		}
+		fmt.Fprintf(out, "%5d %10.0f %8s %8s %8s %10s %8s %8s %6s %7d\n", l.Concurrency, l.RPS,
+			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), refTPS, refP99, succ, ratioString(l.Ratio), l.Errors)
+	}
+	if rep.Memory.Peak > 0 {
+		fmt.Fprintf(out, "peak rss %s (VmHWM of pid %d%s); rss at the end %s\n", mb(rep.Memory.Peak), rep.PID,
+			memoryScope(rep.Config), mb(rep.Memory.RSS))
+	}
+}
+
+func memoryScope(cfg Config) string {
+	if cfg.InProcess {
+		return ": lockstep, the load generator and the fake Stripe in one process"
+	}
+	return ": the target, since it started"
+}
+
+func writeOutputs(dir string, rep *Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	png, err := Chart(rep)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "chart.png"), png, 0o644); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "report.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "report.md"), []byte(Markdown(rep)), 0o644)
+}
+
+// Markdown renders the report.
+func Markdown(rep *Report) string {
+	var b strings.Builder
+	cfg := rep.Config
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# lockstep bench: %s\n\n", cfg.Mode())
+	p("%s.\n\n", capitalize(describeLoad(cfg)))
+	p("Run %s, %s.\n\n", rep.Started.UTC().Format("2006-01-02 15:04 UTC"), rep.Run)
+	p("```\n%s\n```\n\n", cfg.Command)
+
+	p("## Machine\n\n")
+	p("| | |\n|---|---|\n")
+	p("| CPUs | %d%s |\n", rep.Machine.CPUs, parenthesize(rep.Machine.CPUModel))
+	if rep.Machine.MemTotal != "" {
+		p("| memory | %s |\n", rep.Machine.MemTotal)
+	}
+	p("| Go | %s (%s) |\n", rep.Machine.Go, rep.Machine.OS)
+	if rep.Machine.Postgres != "" {
+		p("| database | %s, on the same machine |\n", rep.Machine.Postgres)
+	}
+	if rep.Machine.Pgbench != "" {
+		p("| reference | %s |\n", rep.Machine.Pgbench)
+	}
+	where := cfg.TargetURL
+	if cfg.InProcess {
+		where = "in the bench process (lockstep, load generator and fake Stripe share it)"
+	}
+	p("| lockstep | %s |\n", where)
+	if rep.Machine.Revision != "" {
+		p("| source | %s |\n", rep.Machine.Revision)
+	}
+	p("\n")
+
+	p("## Results\n\n")
+	p("Latencies in milliseconds. Ratio: %s at the same concurrency.\n\n", ratioMeaning(cfg))
+	p("| concurrency | lockstep req/s | webhook p50 | p95 | p99 | success req/s | success p50 | p95 | p99 | pgbench tx/s | pgbench p50 | p95 | p99 | ratio | errors |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, l := range rep.Levels {
+		ref := "- | - | - | -"
+		if r := l.Reference; r != nil {
+			ref = fmt.Sprintf("%.0f | %s | %s | %s", r.TPS, ms(r.Latencies.P50), ms(r.Latencies.P95), ms(r.Latencies.P99))
+		}
+		succ := "- | - | - | -"
+		if l.Success.N > 0 {
+			succ = fmt.Sprintf("%.0f | %s | %s | %s", l.SuccessRPS, ms(l.Success.P50), ms(l.Success.P95), ms(l.Success.P99))
+		}
+		p("| %d | %.0f | %s | %s | %s | %s | %s | %s | %d |\n", l.Concurrency, l.RPS,
+			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), succ, ref, ratioString(l.Ratio), l.Errors)
+	}
+	p("\n![throughput and p99 latency against concurrency, lockstep beside pgbench](chart.png)\n\n")
+
+	for _, l := range rep.Levels {
+		p("### Concurrency %d\n\n", l.Concurrency)
+		p("| | |\n|---|---|\n")
+		p("| duration | %.1f s, %d requests (%d webhooks: %d processed, %d duplicate; %d checkout-success) |\n",
+			l.Elapsed.Seconds(), l.Requests, l.Webhook.N, l.Processed, l.Duplicate, l.Success.N)
+		if l.Webhook.N > 0 {
+			p("| webhook latency | %s (mean %s) |\n", latencyLine(l.Webhook), ms(l.Webhook.Mean))
+		}
+		if l.Success.N > 0 {
+			p("| success latency | %s (mean %s) |\n", latencyLine(l.Success), ms(l.Success.Mean))
+		}
+		p("| answers | %s |\n", statusLine(&l))
+		p("| lock wait p99 | %s ms (webhook %s, checkout %s), %.0f locks taken |\n",
+			secondsMs(l.LockWaitP99[""]), secondsMs(l.LockWaitP99["webhook"]), secondsMs(l.LockWaitP99["checkout"]), l.LockWaits)
+		p("| lock hold p99 | %s ms |\n", secondsMs(l.LockHoldP99[""]))
+		p("| retries | %.0f |\n", l.Retries)
+		p("| pool | %.0f acquires waited for a connection, %.3f s in all |\n", l.PoolEmptyAcquires, l.PoolAcquireWait)
+		if l.DB != nil && l.Requests > 0 {
+			p("| database work | %s |\n", dbLine(&l))
+		}
+		if l.Memory.RSS > 0 {
+			p("| memory after the level | rss %s, peak %s |\n", mb(l.Memory.RSS), mb(l.Memory.Peak))
+		}
+		if l.CPU.Machine > 0 {
+			p("| CPU time | %s |\n", cpuLine(cfg, &l))
+		}
+		if r := l.Reference; r != nil {
+			p("| reference | %.0f tx/s, %s, %d transactions, %d failed |\n", r.TPS, latencyLine(r.Latencies), r.Transactions, r.Failed)
+			p("| ratio | %s |\n", ratioString(l.Ratio))
+			if l.ReferenceRetries > 0 {
+				p("| reference retries | %d run(s) failed (pgbench stops a client at its first error) and were run again |\n", l.ReferenceRetries)
+			}
+			if r.Rounds > 1 {
+				p("\nThe reference ran %d times, after each round of lockstep:\n", r.Rounds)
+			}
+			p("\n```\n%s\n```\n\n", r.Command)
+		} else {
+			if l.ReferenceErr != "" {
+				p("| reference | failed: %s |\n", l.ReferenceErr)
+			}
+			p("\n")
+		}
+	}
+
+	if rep.Memory.Peak > 0 {
+		p("## Memory\n\n")
+		p("Peak resident set %s (VmHWM of pid %d%s); %s at the end.\n\n", mb(rep.Memory.Peak), rep.PID, memoryScope(cfg), mb(rep.Memory.RSS))
+		if s := decimate(rep.RSSSamples, 12); len(s) > 0 {
+			p("| elapsed | requests done | rss |\n|---:|---:|---:|\n")
+			for _, x := range s {
+				p("| %s | %d | %s |\n", x.At.Round(time.Second), x.Requests, mb(x.RSS))
+			}
+			p("\n")
+		}
+	}
+
+	p("## How to read this\n\n")
+	p("- Each level is closed-loop: that many requests in flight at all times, the next sent when one is answered; pgbench's clients do the same.\n")
+	p("- The reference runs scripts/pgbench/event.sql: the transaction a new customer.subscription.updated event costs in lockstep (begin; set_config ×3 and the customer's advisory lock; read the ledger row; insert the customer; upsert the subscription; insert the ledger row; commit), with prepared statements, against a scratch database with lockstep's schema on the same server. lockstep adds HTTP, the signature check, JSON parsing, a ledger read before the transaction (so a duplicate never waits for the lock), metrics and logging.\n")
+	p("- A redelivered event costs lockstep one read; a checkout-success call costs a read from Stripe (the fake), a transaction that also takes the user's lock and reads the mapping, and a read of the user's billing.\n")
+	if cfg.Mode() != "spread" {
+		p("- One hot customer serializes on its advisory lock by design, in lockstep and in the reference alike: the rate is one transaction at a time, and adding writers adds waiting, not throughput.\n")
+	}
+	p("- The ratio is the figure to compare across machines; absolute rates depend on the CPU and on the disk's fsync time (synchronous_commit).\n")
+	for _, n := range rep.Notes {
+		p("- %s\n", n)
+	}
+	return b.String()
+}
+
+func capitalize(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func parenthesize(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " (" + s + ")"
+}
+
+// decimate keeps at most n samples, evenly spread, always the last.
+func decimate(s []RSSSample, n int) []RSSSample {
+	if len(s) <= n {
+		return s
+	}
+	out := make([]RSSSample, 0, n)
+	for i := range n {
+		out = append(out, s[int(math.Round(float64(i)*float64(len(s)-1)/float64(n-1)))])
+	}
+	return out
+}

@@ -1,0 +1,375 @@
+package billing
+
+import (
+	"context"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/lockstep/lockstep/internal/dbtest"
+	"github.com/lockstep/lockstep/internal/stripefake"
+	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+const perfSecret = "whsec_bench_primary_0123456789"
+
+// perfEvent is a customer.subscription.updated event as Stripe sends it.
+func perfEvent(id, customer, sub string, created time.Time) []byte {
+	obj := stripefake.SubscriptionJSON(stripefake.Subscription{ID: sub, Customer: customer, Status: "active",
+		PriceID: "price_bench", Created: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}, stripefake.DefaultAPIVersion)
+	return stripefake.EventJSON(id, "customer.subscription.updated", created, "", obj)
+}
+
+// BenchmarkPrepareEvent checks an event's object before anything is
+// written: for a subscription event, parsing data.object.
+func BenchmarkPrepareEvent(b *testing.B) {
+	ev, err := stripeapi.ParseEvent(perfEvent("evt_bench1", "cus_bench1", "sub_bench1", time.Now()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := PrepareEvent(ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkWebhookBeforeDatabase is the CPU the webhook handler spends on an
+// event before the database: signature check, envelope, object.
+func BenchmarkWebhookBeforeDatabase(b *testing.B) {
+	payload := perfEvent("evt_bench1", "cus_bench1", "sub_bench1", time.Now())
+	v := stripeapi.NewVerifier([]string{perfSecret})
+	header := stripefake.SignatureHeader(payload, perfSecret, time.Now())
+	b.SetBytes(int64(len(payload)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(payload, header); err != nil {
+			b.Fatal(err)
+		}
+		ev, err := stripeapi.ParseEvent(payload)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := PrepareEvent(ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// perfRecorder records what a pool sends to PostgreSQL: every statement's
+// SQL (pgx's tracer sees each Exec, Query, QueryRow, BEGIN and COMMIT, and
+// each statement of a batch), the prepares of pgx's statement cache, and
+// round trips (a read that follows a write on the connection).
+type perfRecorder struct {
+	mu         sync.Mutex
+	sqls       []string
+	prepares   int
+	roundTrips atomic.Int64
+}
+
+func (r *perfRecorder) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	r.mu.Lock()
+	r.sqls = append(r.sqls, d.SQL)
+	r.mu.Unlock()
+	return ctx
+}
+
+func (r *perfRecorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (r *perfRecorder) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+
+// TraceBatchQuery records each statement of a pipelined batch.
+func (r *perfRecorder) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	r.mu.Lock()
+	r.sqls = append(r.sqls, d.SQL)
+	r.mu.Unlock()
+}
+
+func (r *perfRecorder) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+func (r *perfRecorder) TracePrepareStart(ctx context.Context, _ *pgx.Conn, _ pgx.TracePrepareStartData) context.Context {
+	r.mu.Lock()
+	r.prepares++
+	r.mu.Unlock()
+	return ctx
+}
+
+func (r *perfRecorder) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrepareEndData) {}
+
+// perfWork is what one operation sent.
+type perfWork struct {
+	sqls       []string
+	prepares   int
+	roundTrips int64
+}
+
+func (w perfWork) count(sql string) int {
+	n := 0
+	for _, s := range w.sqls {
+		if strings.EqualFold(strings.TrimSpace(s), sql) {
+			n++
+		}
+	}
+	return n
+}
+
+// measure runs fn and returns what it sent.
+func (r *perfRecorder) measure(fn func()) perfWork {
+	r.mu.Lock()
+	r.sqls, r.prepares = nil, 0
+	r.mu.Unlock()
+	rt0 := r.roundTrips.Load()
+	fn()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return perfWork{sqls: append([]string(nil), r.sqls...), prepares: r.prepares, roundTrips: r.roundTrips.Load() - rt0}
+}
+
+type perfConn struct {
+	net.Conn
+	r     *perfRecorder
+	wrote atomic.Bool
+}
+
+func (c *perfConn) Write(b []byte) (int, error) {
+	c.wrote.Store(true)
+	return c.Conn.Write(b)
+}
+
+func (c *perfConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.wrote.Swap(false) {
+		c.r.roundTrips.Add(1)
+	}
+	return n, err
+}
+
+type perfBundle struct {
+	svc  *Service
+	rec  *perfRecorder
+	fake *stripefake.Server
+}
+
+// perfSetup builds a Service on a fresh database whose pool has one
+// connection, recorded.
+func perfSetup(t *testing.T) *perfBundle {
+	t.Helper()
+	db := dbtest.New(t)
+	rec := &perfRecorder{}
+	cfg, err := pgxpool.ParseConfig(db.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.MaxConns = 1 // one connection: its statement cache is warm after the first operation
+	cfg.ConnConfig.Tracer = rec
+	dial := cfg.ConnConfig.DialFunc
+	cfg.ConnConfig.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &perfConn{Conn: c, r: rec}, nil
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	fake := stripefake.New(t)
+	svc := NewService(lockmgr.New(pool, lockmgr.DefaultConfig(), nil, nil),
+		stripeapi.NewClient(fake.URL, "sk_test_bench", 5*time.Second), nil)
+	return &perfBundle{svc: svc, rec: rec, fake: fake}
+}
+
+func (p *perfBundle) process(t *testing.T, payload []byte) EventResult {
+	t.Helper()
+	ev, err := stripeapi.ParseEvent(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.svc.ProcessEvent(context.Background(), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// checkRoundTrips wants at most one round trip per statement once pgx's
+// statement cache is warm (no prepare in the operation): no statement costs a
+// second round trip (a describe, a savepoint), and a pipelined batch shares one.
+func checkRoundTrips(t *testing.T, w perfWork, what string) {
+	t.Helper()
+	if w.prepares != 0 {
+		t.Fatalf("%s: %d prepares on a warm connection", what, w.prepares)
+	}
+	if w.roundTrips > int64(len(w.sqls)) {
+		t.Errorf("%s: %d round trips for %d statements, want at most one each:\n%s", what, w.roundTrips, len(w.sqls), strings.Join(w.sqls, "\n---\n"))
+	}
+}
+
+// TestStatementsPerOperation counts what each path sends to PostgreSQL on a
+// warm connection: one transaction per new event and per checkout-success
+// call, none for a duplicate, one round trip per statement. The counts
+// themselves are logged (go test -v -run TestStatementsPerOperation), not
+// asserted.
+func TestStatementsPerOperation(t *testing.T) {
+	t.Parallel()
+	p := perfSetup(t)
+	ctx := context.Background()
+	base := time.Now().Add(time.Hour)
+
+	// Warm the connection's statement cache with a first event, and with a
+	// first checkout-success call for another customer.
+	p.process(t, perfEvent("evt_warm1", "cus_warm", "sub_warm", base))
+	p.fake.PutSubscription(stripefake.Subscription{ID: "sub_warm", Customer: "cus_warm", Status: "active"})
+	p.fake.PutSession(stripefake.Session{ID: "cs_warm", Customer: "cus_warm", Subscription: "sub_warm",
+		ClientReferenceID: "user_warm", Status: "complete", PaymentStatus: "paid"})
+	if _, err := p.svc.SyncCheckout(ctx, "cs_warm", "user_warm"); err != nil {
+		t.Fatal(err)
+	}
+
+	var res EventResult
+	event := p.rec.measure(func() { res = p.process(t, perfEvent("evt_new1", "cus_a", "sub_a", base)) })
+	if res.Outcome != Processed {
+		t.Fatalf("new event: %+v", res)
+	}
+	checkRoundTrips(t, event, "new event")
+	if b, c := event.count("begin"), event.count("commit"); b != 1 || c != 1 {
+		t.Errorf("new event: %d BEGIN and %d COMMIT, want one transaction", b, c)
+	}
+
+	dup := p.rec.measure(func() { res = p.process(t, perfEvent("evt_new1", "cus_a", "sub_a", base)) })
+	if res.Outcome != Duplicate {
+		t.Fatalf("duplicate: %+v", res)
+	}
+	checkRoundTrips(t, dup, "duplicate")
+	if dup.count("begin") != 0 {
+		t.Errorf("duplicate: %d transactions, want none (the read before the lock stops it)", dup.count("begin"))
+	}
+
+	p.fake.PutSubscription(stripefake.Subscription{ID: "sub_b", Customer: "cus_b", Status: "active"})
+	p.fake.PutSession(stripefake.Session{ID: "cs_b", Customer: "cus_b", Subscription: "sub_b",
+		ClientReferenceID: "user_b", Status: "complete", PaymentStatus: "paid"})
+	var out *CheckoutResult
+	success := p.rec.measure(func() {
+		var err error
+		if out, err = p.svc.SyncCheckout(ctx, "cs_b", "user_b"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if !out.Paid || out.Mapping != LinkCreated {
+		t.Fatalf("checkout success: %+v", out)
+	}
+	checkRoundTrips(t, success, "checkout success")
+	if b, c := success.count("begin"), success.count("commit"); b != 1 || c != 1 {
+		t.Errorf("checkout success: %d BEGIN and %d COMMIT, want one transaction", b, c)
+	}
+
+	again := p.rec.measure(func() {
+		if _, err := p.svc.SyncCheckout(ctx, "cs_b", "user_b"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	checkRoundTrips(t, again, "checkout success, repeated")
+	if again.count("begin") != 1 {
+		t.Errorf("checkout success, repeated: %d transactions, want one", again.count("begin"))
+	}
+
+	for _, w := range []struct {
+		name string
+		w    perfWork
+	}{{"new event", event}, {"duplicate event", dup}, {"checkout success (new mapping)", success}, {"checkout success (repeated)", again}} {
+		t.Logf("%s: %d statements, %d round trips, %d transaction(s)", w.name, len(w.w.sqls), w.w.roundTrips, w.w.count("begin"))
+		for i, s := range w.w.sqls {
+			t.Logf("  %d. %s", i+1, firstWords(s, 12))
+		}
+	}
+}
+
+func firstWords(s string, n int) string {
+	f := strings.Fields(s)
+	if len(f) > n {
+		return strings.Join(f[:n], " ") + " ..."
+	}
+	return strings.Join(f, " ")
+}
+
+// TestPgbenchScriptMirrorsEvent holds scripts/pgbench/event.sql, the
+// reference the load command measures lockstep against, to the transaction
+// lockstep runs for a new subscription event: the same statements in the
+// same order, with the same text but for the bind parameters.
+func TestPgbenchScriptMirrorsEvent(t *testing.T) {
+	t.Parallel()
+	p := perfSetup(t)
+	base := time.Now().Add(time.Hour)
+	p.process(t, perfEvent("evt_warm1", "cus_a", "sub_a", base))
+	w := p.rec.measure(func() { p.process(t, perfEvent("evt_new1", "cus_a", "sub_a", base.Add(time.Second))) })
+
+	// The transaction: from BEGIN to COMMIT.
+	var tx []string
+	for _, s := range w.sqls {
+		if strings.EqualFold(strings.TrimSpace(s), "begin") || len(tx) > 0 {
+			tx = append(tx, s)
+		}
+	}
+	script, err := os.ReadFile("../scripts/pgbench/event.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := pgbenchStatements(string(script))
+	if len(ref) != len(tx) {
+		t.Fatalf("event.sql has %d statements, lockstep's transaction %d:\n%s", len(ref), len(tx), strings.Join(tx, "\n---\n"))
+	}
+	param := regexp.MustCompile(`\$\d+`)
+	for i, s := range tx {
+		s = normalizeSQL(s)
+		var re strings.Builder
+		re.WriteString("(?i)^")
+		last := 0
+		for _, loc := range param.FindAllStringIndex(s, -1) {
+			re.WriteString(regexp.QuoteMeta(s[last:loc[0]]))
+			re.WriteString("(.+?)")
+			last = loc[1]
+		}
+		re.WriteString(regexp.QuoteMeta(s[last:]))
+		re.WriteString("$")
+		if !regexp.MustCompile(re.String()).MatchString(ref[i]) {
+			t.Errorf("statement %d differs:\nlockstep: %s\nevent.sql: %s", i+1, s, ref[i])
+		}
+	}
+}
+
+// pgbenchStatements splits a pgbench script into its SQL statements, without
+// comments and meta-commands, whitespace normalized.
+func pgbenchStatements(script string) []string {
+	var b strings.Builder
+	for _, line := range strings.Split(script, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "--") || strings.HasPrefix(trimmed, `\`) {
+			continue
+		}
+		b.WriteString(line)
+		b.WriteByte('\n')
+	}
+	var out []string
+	for _, s := range strings.Split(b.String(), ";\n") {
+		if s = normalizeSQL(strings.TrimSuffix(strings.TrimSpace(s), ";")); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func normalizeSQL(s string) string { return strings.Join(strings.Fields(s), " ") }
