@@ -39,16 +39,20 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Metrics.SecretMatched(idx)
 	ev, err := stripeapi.ParseEvent(body)
-	if err == nil {
-		err = billing.PrepareEvent(ev)
-	}
 	if err != nil {
 		s.Metrics.WebhookRejected("malformed")
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	ctx := logging.With(r.Context(), slog.String("event_id", ev.ID), slog.String("event_type", ev.Type))
+	// ProcessEvent parses the event's object before it writes anything: a
+	// malformed object is refused there, so it is parsed once.
 	res, err := s.Billing.ProcessEvent(ctx, ev)
+	if errors.Is(err, stripeapi.ErrMalformed) {
+		s.Metrics.WebhookRejected("malformed")
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	if err != nil {
 		s.Metrics.WebhookEvent(ev.Type, string(billing.Failed))
 		code, reason := status(err)
