@@ -555,11 +555,20 @@ func TestMetricsMoveWithEvents(t *testing.T) {
 	}
 	// Three transactions got a lock: the session and the subscription
 	// events and the checkout. The duplicate stopped before the lock, the
-	// ignored event needs none, and the failed one never got it.
+	// ignored event needs none, and the failed one never got it: its
+	// attempts (the first and each retry) each waited a full lock_timeout,
+	// and those waits count too.
+	failedAttempts := delta("lockstep_tx_retries_total", "writer", "webhook", "sqlstate", "55P03") + 1
+	if got := delta("lockstep_lock_wait_seconds"); got != 3+failedAttempts {
+		t.Errorf("lockstep_lock_wait_seconds count moved by %v, want %v (3 granted, %v timed out)", got, 3+failedAttempts, failedAttempts)
+	}
+	if got := opsHistSum(after, "lockstep_lock_wait_seconds") - opsHistSum(before, "lockstep_lock_wait_seconds"); got < 0.1*failedAttempts {
+		t.Errorf("lock wait sum %.3fs, want at least lock_timeout (100ms) per timed-out attempt", got)
+	}
+	if got := delta("lockstep_lock_hold_seconds"); got != 3 {
+		t.Errorf("lockstep_lock_hold_seconds count moved by %v, want 3", got)
+	}
 	for _, h := range []string{"lockstep_lock_wait_seconds", "lockstep_lock_hold_seconds"} {
-		if got := delta(h); got != 3 {
-			t.Errorf("%s count moved by %v, want 3", h, got)
-		}
 		if got := delta(h, "writer", "checkout"); got != 1 {
 			t.Errorf("%s{writer=checkout} count moved by %v, want 1", h, got)
 		}

@@ -250,6 +250,8 @@ func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn fu
 	if _, err = tx.Exec(ctx, beginQuery,
 		pgInterval(m.cfg.LockTimeout), pgInterval(m.cfg.StatementTimeout),
 		who.applicationName(), customerID); err != nil {
+		// A wait that ended in lock_timeout is the worst wait: count it too.
+		m.obs.LockWaited(who.Writer, time.Since(queued))
 		return fmt.Errorf("lock customer %s: %w", customerID, err)
 	}
 	locked := time.Now()
