@@ -21,16 +21,34 @@ import (
 func TestRaceWebhooksAndSuccess(t *testing.T) {
 	t.Parallel()
 	b := setup(t, withMaxConns(12))
-	const rounds = 200
-	const parallelRounds = 4 // rounds in flight at once, on top of the races inside each
+	fig := raceTraffic(t, []*bundle{b}, 200, 4)
+	t.Logf("%d rounds, %d requests, %d failures, latency %s", fig.rounds, fig.requests, fig.failures, fig.lat.String())
+}
 
-	type failure struct{ what, detail string }
+// raceTraffic is the racing traffic of TestRaceWebhooksAndSuccess, sent to
+// targets round-robin: for each of rounds fresh customers, the three events
+// of a checkout twice each (Stripe's duplicate deliveries) and the success
+// page twice, all released at once, parallelRounds customers at a time.
+// It fails the test unless every request answers 200 and each customer and
+// event is stored exactly once. All targets must share one database and one
+// fake Stripe (targets[0]'s).
+func raceTraffic(t *testing.T, targets []*bundle, rounds, parallelRounds int) *raceFigures {
+	t.Helper()
+	b := targets[0]
+	fig := &raceFigures{rounds: rounds, perTarget: make([]int64, len(targets))}
 	var (
 		mu       sync.Mutex
-		failures []failure
+		failures []string
 		requests atomic.Int64
+		next     atomic.Int64
 	)
-	record := func(what string, r response, okStatuses ...string) {
+	pick := func() *bundle {
+		i := int(next.Add(1)-1) % len(targets)
+		atomic.AddInt64(&fig.perTarget[i], 1)
+		return targets[i]
+	}
+	record := func(what string, r response, start time.Time, okStatuses ...string) {
+		fig.lat.add(time.Since(start))
 		requests.Add(1)
 		ok := r.code == http.StatusOK
 		if ok && len(okStatuses) > 0 {
@@ -41,7 +59,7 @@ func TestRaceWebhooksAndSuccess(t *testing.T) {
 		}
 		if !ok || strings.Contains(r.body, "23505") || strings.Contains(r.body, "duplicate key") {
 			mu.Lock()
-			failures = append(failures, failure{what, fmt.Sprintf("%d %s", r.code, r.body)})
+			failures = append(failures, fmt.Sprintf("%s: %d %s", what, r.code, r.body))
 			mu.Unlock()
 		}
 	}
@@ -68,34 +86,35 @@ func TestRaceWebhooksAndSuccess(t *testing.T) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			webhook := func(ev []byte) func() {
-				return func() { record("webhook", b.postWebhook(ev), "processed", "duplicate") }
+				return func() {
+					start := time.Now()
+					record("webhook", pick().postWebhook(ev), start, "processed", "duplicate")
+				}
 			}
 			success := func() {
-				r := b.checkout(fx.session, fx.user)
-				record("success", r)
+				start := time.Now()
+				r := pick().checkout(fx.session, fx.user)
+				record("success", r, start)
 				if r.code == http.StatusOK && !strings.Contains(r.body, `"redirect":"/dashboard"`) {
 					mu.Lock()
-					failures = append(failures, failure{"success redirect", r.body})
+					failures = append(failures, "success redirect: "+r.body)
 					mu.Unlock()
 				}
 			}
-			// Each event twice (Stripe's duplicate deliveries), the success
-			// page twice (a reload), all released at the same instant.
 			concurrently(webhook(completed), webhook(completed), webhook(subCreated), webhook(subCreated),
 				webhook(paid), webhook(paid), success, success)
 		}()
 	}
 	wg.Wait()
+	fig.requests, fig.failures = int(requests.Load()), len(failures)
 
 	for i, f := range failures {
 		if i == 10 {
 			t.Errorf("... and %d more", len(failures)-10)
 			break
 		}
-		t.Errorf("%s: %s", f.what, f.detail)
+		t.Error(f)
 	}
-	t.Logf("%d rounds, %d requests, %d failures", rounds, requests.Load(), len(failures))
-
 	if got := b.count(`SELECT count(*) FROM stripe_customers`); got != rounds {
 		t.Errorf("customer rows = %d, want %d", got, rounds)
 	}
@@ -116,6 +135,7 @@ func TestRaceWebhooksAndSuccess(t *testing.T) {
 	if n := b.count(`SELECT count(*) FROM stripe_invoices WHERE status = 'paid'`); n != rounds {
 		t.Errorf("paid invoices = %d, want %d", n, rounds)
 	}
+	return fig
 }
 
 // eventID reads an event body's id.

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,119 +119,6 @@ type raceFigures struct {
 	rounds, requests, failures int
 	perTarget                  []int64
 	lat                        latencies
-}
-
-// raceTraffic is the racing traffic of TestRaceWebhooksAndSuccess, sent to
-// targets round-robin: for each of rounds fresh customers, the three events
-// of a checkout twice each (Stripe's duplicate deliveries) and the success
-// page twice, all released at once, parallelRounds customers at a time.
-// It fails the test unless every request answers 200 and each customer and
-// event is stored exactly once. All targets must share one database and one
-// fake Stripe (targets[0]'s).
-func raceTraffic(t *testing.T, targets []*bundle, rounds, parallelRounds int) *raceFigures {
-	t.Helper()
-	b := targets[0]
-	fig := &raceFigures{rounds: rounds, perTarget: make([]int64, len(targets))}
-	var (
-		mu       sync.Mutex
-		failures []string
-		requests atomic.Int64
-		next     atomic.Int64
-	)
-	pick := func() *bundle {
-		i := int(next.Add(1)-1) % len(targets)
-		atomic.AddInt64(&fig.perTarget[i], 1)
-		return targets[i]
-	}
-	record := func(what string, r response, start time.Time, okStatuses ...string) {
-		fig.lat.add(time.Since(start))
-		requests.Add(1)
-		ok := r.code == http.StatusOK
-		if ok && len(okStatuses) > 0 {
-			ok = false
-			for _, s := range okStatuses {
-				ok = ok || strings.Contains(r.body, `"status":"`+s+`"`)
-			}
-		}
-		if !ok || strings.Contains(r.body, "23505") || strings.Contains(r.body, "duplicate key") {
-			mu.Lock()
-			failures = append(failures, fmt.Sprintf("%s: %d %s", what, r.code, r.body))
-			mu.Unlock()
-		}
-	}
-
-	fixtures := make([]fixture, rounds)
-	eventIDs := map[string]bool{}
-	sem := make(chan struct{}, parallelRounds)
-	var wg sync.WaitGroup
-	for i := range rounds {
-		created := time.Now().Add(-time.Minute).Truncate(time.Second)
-		fx := b.paidCheckout(uniqueUser(fmt.Sprintf("replica%d", i)), created)
-		fixtures[i] = fx
-		completed := sessionCompleted(fx, created)
-		subCreated := subEvent(fx, "customer.subscription.created", "active", created)
-		inv := stripefake.Invoice{ID: stripefake.NewID("in_"), Customer: fx.customer, Subscription: fx.subscription,
-			Status: "paid", Currency: "usd", AmountDue: 1900, AmountPaid: 1900, Created: created}
-		paid := event(stripefake.NewID("evt_"), "invoice.paid", created, stripefake.InvoiceJSON(inv, stripefake.DefaultAPIVersion))
-		for _, ev := range [][]byte{completed, subCreated, paid} {
-			eventIDs[eventID(t, ev)] = true
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			webhook := func(ev []byte) func() {
-				return func() {
-					start := time.Now()
-					record("webhook", pick().postWebhook(ev), start, "processed", "duplicate")
-				}
-			}
-			success := func() {
-				start := time.Now()
-				r := pick().checkout(fx.session, fx.user)
-				record("success", r, start)
-				if r.code == http.StatusOK && !strings.Contains(r.body, `"redirect":"/dashboard"`) {
-					mu.Lock()
-					failures = append(failures, "success redirect: "+r.body)
-					mu.Unlock()
-				}
-			}
-			concurrently(webhook(completed), webhook(completed), webhook(subCreated), webhook(subCreated),
-				webhook(paid), webhook(paid), success, success)
-		}()
-	}
-	wg.Wait()
-	fig.requests, fig.failures = int(requests.Load()), len(failures)
-
-	for i, f := range failures {
-		if i == 10 {
-			t.Errorf("... and %d more", len(failures)-10)
-			break
-		}
-		t.Error(f)
-	}
-	if got := b.count(`SELECT count(*) FROM stripe_customers`); got != rounds {
-		t.Errorf("customer rows = %d, want %d", got, rounds)
-	}
-	if got := b.count(`SELECT count(*) FROM stripe_events`); got != len(eventIDs) {
-		t.Errorf("ledger rows = %d, want %d (one per distinct event)", got, len(eventIDs))
-	}
-	if got := b.count(`SELECT count(*) FROM stripe_events WHERE status <> 'processed' OR attempts <> 1`); got != 0 {
-		t.Errorf("%d ledger rows not processed exactly once", got)
-	}
-	for _, fx := range fixtures {
-		if got := b.customerOf(fx.user); got != fx.customer {
-			t.Fatalf("user %s maps to %s, want %s", fx.user, got, fx.customer)
-		}
-		if st := b.scalar(`SELECT status FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, fx.subscription); st != "active" {
-			t.Fatalf("subscription %s status %s, want active", fx.subscription, st)
-		}
-	}
-	if n := b.count(`SELECT count(*) FROM stripe_invoices WHERE status = 'paid'`); n != rounds {
-		t.Errorf("paid invoices = %d, want %d", n, rounds)
-	}
-	return fig
 }
 
 // stormDeliver sends events all at once, spread over targets, then
