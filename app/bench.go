@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -192,14 +191,7 @@ func startBenchServer(ctx context.Context, env Env, opts *bench.Options, fake *s
 		return nil, fmt.Errorf("bench: listen: %w", err)
 	}
 	s.url = "http://" + ln.Addr().String()
-	s.hs = &http.Server{
-		Handler:           app.Handler,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	s.hs = newHTTPServer(app.Handler, log)
 	go func() { _ = s.hs.Serve(ln) }()
 	return s, nil
 }
