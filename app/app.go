@@ -49,7 +49,7 @@ commands:
 // UsageError is a command line that makes no sense.
 type UsageError struct{ Msg string }
 
-func (e *UsageError) Error() string { return e.Msg + "\n" + usage }
+func (e *UsageError) Error() string { return e.Msg + " (lockstep help lists the commands)" }
 
 // Run runs the command named by args.
 func Run(ctx context.Context, args []string, env Env) error {

@@ -89,6 +89,8 @@ func TestOpsUsageErrors(t *testing.T) {
 		var ue *app.UsageError
 		if !errors.As(err, &ue) {
 			t.Errorf("%q: got %v, want a usage error", args, err)
+		} else if strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: the error is more than one line: %q", args, err)
 		}
 	}
 	if n := accepted.Load(); n != 0 {
