@@ -37,8 +37,8 @@ type poolWatch struct {
 }
 
 // watchPool samples b.db.Pool every 20 ms: the most connections acquired at
-// once and the most of them waiting on an advisory lock at once.
-func watchPool(b *bundle) *poolWatch {
+// once and the most lockstep backends waiting at once on customer's lock.
+func watchPool(b *bundle, customer string) *poolWatch {
 	w := &poolWatch{stop: make(chan struct{}), done: make(chan struct{})}
 	before := b.db.Pool.Stat()
 	conn, err := pgx.Connect(context.Background(), b.db.URL)
@@ -55,8 +55,12 @@ func watchPool(b *bundle) *poolWatch {
 				w.maxAcquired.Store(n)
 			}
 			var waits int32
+			// Only waits for this customer's lock: other customers' traffic
+			// may briefly wait on their own locks at the same time.
 			if err := conn.QueryRow(context.Background(), `SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-WHERE l.locktype = 'advisory' AND NOT l.granted AND a.datname = current_database() AND a.application_name LIKE 'lockstep %'`).Scan(&waits); err == nil && waits > w.maxLockWaits.Load() {
+WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 1
+  AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtext($1)
+  AND a.datname = current_database() AND a.application_name LIKE 'lockstep %'`, customer).Scan(&waits); err == nil && waits > w.maxLockWaits.Load() {
 				w.maxLockWaits.Store(waits)
 			}
 			select {
@@ -79,7 +83,7 @@ func (w *poolWatch) finish() *poolWatch {
 }
 
 func (w *poolWatch) String() string {
-	return fmt.Sprintf("max acquired %d, max lockstep connections waiting on a lock %d, acquires that waited for a connection %d (total wait %s)",
+	return fmt.Sprintf("max acquired %d, max lockstep connections waiting on the stuck customer's lock %d, acquires that waited for a connection %d (total wait %s)",
 		w.maxAcquired.Load(), w.maxLockWaits.Load(), w.emptyAcquires, w.acquireWait.Round(time.Millisecond))
 }
 
@@ -170,7 +174,7 @@ func TestFaultStuckHolder(t *testing.T) {
 		_ = tx.Rollback(ctx)
 	}()
 
-	watch := watchPool(b)
+	watch := watchPool(b, stuck.customer)
 	var stuckLat latencies
 	var stuckCodes sync.Map
 	var stuckEvents [][]byte
