@@ -13,9 +13,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -30,12 +27,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/lockstep/lockstep/app"
-	"github.com/lockstep/lockstep/config"
 	"github.com/lockstep/lockstep/internal/dbtest"
-	"github.com/lockstep/lockstep/internal/stripefake"
 	"github.com/lockstep/lockstep/lockmgr"
-	"github.com/lockstep/lockstep/logging"
 	schema "github.com/lockstep/lockstep/sql"
 )
 
@@ -445,33 +438,6 @@ func setupOnCluster(t testing.TB, c *privateCluster, maxConns int32) *bundle {
 		t.Fatal(err)
 	}
 	pool := openPool(t, dbURL, maxConns)
-	fake := stripefake.New(t)
 	lc := lockmgr.DefaultConfig()
-	cfg := &config.Config{
-		DatabaseURL:     dbURL,
-		WebhookSecrets:  []string{secretNew, secretOld},
-		StripeSecretKey: stripeKey,
-		StripeAPIBase:   fake.URL,
-		AppAPIToken:     appToken,
-		AdminToken:      adminToken,
-		LockTimeout:     lc.LockTimeout,
-		RetryBudget:     lc.RetryBudget,
-	}
-	logs := &syncBuffer{}
-	a := app.NewServer(cfg, pool, logging.New(logs, slog.LevelDebug))
-	srv := httptest.NewServer(a.Handler)
-	t.Cleanup(srv.Close)
-	t.Cleanup(func() {
-		if t.Failed() {
-			out := logs.String()
-			if len(out) > 20000 {
-				out = "...\n" + out[len(out)-20000:]
-			}
-			t.Logf("server logs:\n%s", out)
-		}
-	})
-	tr := &http.Transport{MaxIdleConnsPerHost: 64}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &bundle{t: t, db: &dbtest.DB{URL: dbURL, Name: "lockstep", Pool: pool}, stripe: fake, app: a, srv: srv,
-		logs: logs, cfg: cfg, client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	return newBundle(t, &dbtest.DB{URL: dbURL, Name: "lockstep", Pool: pool}, lc.LockTimeout, lc.RetryBudget)
 }

@@ -17,28 +17,7 @@ import (
 // writer (or a stuck session) would, until release is called.
 func (b *bundle) holdLock(customer string) (release func()) {
 	b.t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, b.db.URL)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, customer); err != nil {
-		b.t.Fatal(err)
-	}
-	done := false
-	release = func() {
-		if done {
-			return
-		}
-		done = true
-		_ = tx.Rollback(ctx)
-		_ = conn.Close(ctx)
-	}
-	b.t.Cleanup(release)
+	_, release = opsHold(b.t, context.Background(), b.db.URL, customer)
 	return release
 }
 

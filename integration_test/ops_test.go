@@ -34,7 +34,7 @@ import (
 )
 
 // opsConn opens a side connection, closed when the test ends.
-func opsConn(t *testing.T, ctx context.Context, url string) *pgx.Conn {
+func opsConn(t testing.TB, ctx context.Context, url string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(ctx, url)
 	if err != nil {
@@ -44,7 +44,7 @@ func opsConn(t *testing.T, ctx context.Context, url string) *pgx.Conn {
 	return conn
 }
 
-func opsPID(t *testing.T, ctx context.Context, conn *pgx.Conn) int32 {
+func opsPID(t testing.TB, ctx context.Context, conn *pgx.Conn) int32 {
 	t.Helper()
 	var pid int32
 	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
@@ -87,7 +87,7 @@ func opsEventually(t *testing.T, what string, timeout time.Duration, cond func()
 
 // opsHold takes customer's lock in a transaction on a side connection, as
 // a stuck writer would. release commits it; it also runs at cleanup.
-func opsHold(t *testing.T, ctx context.Context, url, customer string) (pid int32, release func()) {
+func opsHold(t testing.TB, ctx context.Context, url, customer string) (pid int32, release func()) {
 	t.Helper()
 	conn := opsConn(t, ctx, url)
 	pid = opsPID(t, ctx, conn)
@@ -102,18 +102,6 @@ func opsHold(t *testing.T, ctx context.Context, url, customer string) (pid int32
 	release = func() { once.Do(func() { _ = tx.Commit(context.Background()) }) }
 	t.Cleanup(release)
 	return pid, release
-}
-
-// opsEventID reads the id of an event body.
-func opsEventID(t *testing.T, payload []byte) string {
-	t.Helper()
-	var ev struct {
-		ID string `json:"id"`
-	}
-	if err := json.Unmarshal(payload, &ev); err != nil || ev.ID == "" {
-		t.Fatalf("event id: %v", err)
-	}
-	return ev.ID
 }
 
 // opsEnv is the environment a command gets in these tests.
@@ -353,7 +341,7 @@ func TestLocksWritersNameThemselves(t *testing.T) {
 		name string
 		send func() response
 	}{
-		{"lockstep webhook " + opsEventID(t, ev), func() response { return b.postWebhook(ev) }},
+		{"lockstep webhook " + eventID(t, ev), func() response { return b.postWebhook(ev) }},
 		{"lockstep checkout " + fx.session, func() response { return b.checkout(fx.session, fx.user) }},
 	} {
 		holderPID, release := opsHold(t, ctx, b.db.URL, fx.customer)
@@ -609,7 +597,7 @@ func TestReplayAdminEndpoints(t *testing.T) {
 	fx := b.paidCheckout(uniqueUser("ops-replay"), now)
 	must200(t, "session completed", b.postWebhook(sessionCompleted(fx, now)))
 	ev := subEvent(fx, "customer.subscription.created", "active", now)
-	id := opsEventID(t, ev)
+	id := eventID(t, ev)
 	opsFailEvent(t, b, fx.customer, ev)
 
 	// The ledger lists it.
@@ -708,7 +696,7 @@ func TestReplayCommand(t *testing.T) {
 		// Stripe times: the second event is the oldest.
 		ev := subEvent(fx, "customer.subscription.created", "active", now.Add(time.Duration([]int{2, 1, 3}[i])*time.Minute))
 		opsFailEvent(t, b, fx.customer, ev)
-		ids = append(ids, opsEventID(t, ev))
+		ids = append(ids, eventID(t, ev))
 		fxs = append(fxs, fx)
 	}
 	if n := b.count(`SELECT count(*) FROM stripe_events WHERE status = 'failed'`); n != 3 {
@@ -894,7 +882,7 @@ func TestLogsCarryIDsNotSecrets(t *testing.T) {
 		return b.do(req)
 	}
 	ev := sessionCompleted(fx, now)
-	evID := opsEventID(t, ev)
+	evID := eventID(t, ev)
 	must200(t, "signed webhook", post("ops-logs-good", ev, stripefake.SignatureHeader(ev, secretNew, time.Now())))
 	post("ops-logs-badsig", ev, stripefake.SignatureHeader(ev, "whsec_attacker_guess_0000", time.Now()))
 	post("ops-logs-garbage", ev, "t=notanumber,v1=deadbeef")
@@ -950,7 +938,7 @@ func TestLogsCarryIDsNotSecrets(t *testing.T) {
 	find("http request", map[string]any{"request_id": "ops-logs-badsig", "status": float64(400)})
 	find("http request", map[string]any{"request_id": "ops-logs-checkout", "session_id": fx.session, "status": float64(200)})
 	find("http request", map[string]any{"request_id": "ops-logs-checkout", "status": float64(401)})
-	failedLine := find("webhook event failed", map[string]any{"event_id": opsEventID(t, failing), "status": float64(503)})
+	failedLine := find("webhook event failed", map[string]any{"event_id": eventID(t, failing), "status": float64(503)})
 	if failedLine != nil && failedLine["request_id"] == nil {
 		t.Errorf("failure line lacks the request id: %v", failedLine)
 	}
@@ -963,18 +951,6 @@ func TestLogsCarryIDsNotSecrets(t *testing.T) {
 	}
 }
 
-// opsFreePort returns a loopback port nobody listens on now.
-func opsFreePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // Cancelling serve's context (what SIGTERM does in main) stops accepting,
 // lets the request in flight finish with its normal answer, closes the
 // pool, and returns nil.
@@ -982,7 +958,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	t.Parallel()
 	db := dbtest.New(t)
 	fake := stripefake.New(t)
-	addr := opsFreePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	env := map[string]string{
 		"DATABASE_URL":          db.URL,
 		"LISTEN_ADDR":           addr,

@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -141,17 +142,13 @@ func raceTraffic(t *testing.T, targets []*bundle, rounds, parallelRounds int) *r
 // eventID reads an event body's id.
 func eventID(t testing.TB, ev []byte) string {
 	t.Helper()
-	s := string(ev)
-	i := strings.Index(s, `"id": "evt_`)
-	if i < 0 {
-		i = strings.Index(s, `"id":"evt_`)
+	var e struct {
+		ID string `json:"id"`
 	}
-	if i < 0 {
-		t.Fatalf("no event id in %s", ev)
+	if err := json.Unmarshal(ev, &e); err != nil || e.ID == "" {
+		t.Fatalf("no event id in %.200s: %v", ev, err)
 	}
-	s = s[i:]
-	s = s[strings.Index(s, "evt_"):]
-	return s[:strings.IndexByte(s, '"')]
+	return e.ID
 }
 
 // stormEvents builds n mixed events for one customer, each created a

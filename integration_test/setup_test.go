@@ -83,6 +83,13 @@ func setup(t testing.TB, opts ...option) *bundle {
 		f(&o)
 	}
 	db := dbtest.New(t, dbtest.WithMaxConns(o.maxConns))
+	return newBundle(t, db, o.lockTimeout, o.retryBudget)
+}
+
+// newBundle serves lockstep on db with a fresh fake Stripe, and prints the
+// server's logs when the test fails.
+func newBundle(t testing.TB, db *dbtest.DB, lockTimeout, retryBudget time.Duration) *bundle {
+	t.Helper()
 	fake := stripefake.New(t)
 	cfg := &config.Config{
 		DatabaseURL:     db.URL,
@@ -91,12 +98,11 @@ func setup(t testing.TB, opts ...option) *bundle {
 		StripeAPIBase:   fake.URL,
 		AppAPIToken:     appToken,
 		AdminToken:      adminToken,
-		LockTimeout:     o.lockTimeout,
-		RetryBudget:     o.retryBudget,
+		LockTimeout:     lockTimeout,
+		RetryBudget:     retryBudget,
 	}
 	logs := &syncBuffer{}
-	log := logging.New(logs, slog.LevelDebug)
-	a := app.NewServer(cfg, db.Pool, log)
+	a := app.NewServer(cfg, db.Pool, logging.New(logs, slog.LevelDebug))
 	srv := httptest.NewServer(a.Handler)
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
