@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 
 	"github.com/jackc/pgx/v5"
 
@@ -73,22 +72,18 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 		}
 		res.Mapping = link
 		if sub != nil {
-			if _, err := applySubscription(ctx, tx, sub, fetchedAt, "api"); err != nil && !errors.Is(err, errTie) {
+			v, err := applySubscription(ctx, tx, sub, fetchedAt, "api")
+			if err != nil && !errors.Is(err, errTie) {
 				return err
+			}
+			if link != LinkSuperseded { // a superseded customer is not the user's: nothing to show
+				res.Subscription = &v
 			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
-	}
-	if sub != nil {
-		b, err := s.UserBilling(ctx, userID)
-		if err == nil {
-			if i := slices.IndexFunc(b.Subscriptions, func(v SubscriptionView) bool { return v.ID == sub.ID }); i >= 0 {
-				res.Subscription = &b.Subscriptions[i]
-			}
-		}
 	}
 	return res, nil
 }

@@ -34,42 +34,45 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
 WHERE s.stripe_customer_id = excluded.stripe_customer_id
   AND s.status NOT IN ('canceled', 'incomplete_expired')
   AND (excluded.source_time > s.source_time OR excluded.status IN ('canceled', 'incomplete_expired'))
-RETURNING true`
+RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end`
 
 // applySubscription stores sub as of at (an event's created time, or the
-// moment it was fetched). It returns errTie when the stored snapshot has the
-// same time and different content.
-func applySubscription(ctx context.Context, db DBTX, sub *stripeapi.Subscription, at time.Time, source string) (applied bool, err error) {
-	var ok bool
-	err = db.QueryRow(ctx, upsertSubscription, sub.ID, sub.CustomerID, sub.Status, nullString(sub.PriceID),
-		nullTime(sub.CurrentPeriodEnd), sub.CancelAtPeriodEnd, at, source).Scan(&ok)
+// moment it was fetched) and returns the subscription as stored afterwards:
+// sub when it was applied, the newer or terminal row when it was stale. It
+// returns errTie when the stored snapshot has the same time and different
+// content.
+func applySubscription(ctx context.Context, db DBTX, sub *stripeapi.Subscription, at time.Time, source string) (SubscriptionView, error) {
+	v := SubscriptionView{ID: sub.ID}
+	err := db.QueryRow(ctx, upsertSubscription, sub.ID, sub.CustomerID, sub.Status, nullString(sub.PriceID),
+		nullTime(sub.CurrentPeriodEnd), sub.CancelAtPeriodEnd, at, source).
+		Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd)
 	if err == nil {
-		return true, nil
+		return v, nil
 	}
 	if !isNoRows(err) {
-		return false, fmt.Errorf("upsert subscription %s: %w", sub.ID, err)
+		return v, fmt.Errorf("upsert subscription %s: %w", sub.ID, err)
 	}
 	const q = `SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, source_time, source
 FROM stripe_subscriptions WHERE stripe_subscription_id = $1`
-	var st stripeapi.Subscription
-	var end *time.Time
 	var storedAt time.Time
 	var storedSource string
-	if err := db.QueryRow(ctx, q, sub.ID).Scan(&st.Status, &st.PriceID, &end, &st.CancelAtPeriodEnd, &storedAt, &storedSource); err != nil {
-		return false, fmt.Errorf("read subscription %s: %w", sub.ID, err)
+	if err := db.QueryRow(ctx, q, sub.ID).Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
+		&storedAt, &storedSource); err != nil {
+		return v, fmt.Errorf("read subscription %s: %w", sub.ID, err)
 	}
-	if end != nil {
-		st.CurrentPeriodEnd = *end
+	if storedAt.Equal(at) && storedSource != source && !stripeapi.Terminal(v.Status) && !sameSnapshot(v, sub) {
+		return v, errTie
 	}
-	if storedAt.Equal(at) && storedSource != source && !stripeapi.Terminal(st.Status) && !sameSnapshot(&st, sub) {
-		return false, errTie
-	}
-	return false, nil // stale: the stored snapshot is newer or terminal
+	return v, nil // stale: the stored snapshot is newer or terminal
 }
 
-func sameSnapshot(a, b *stripeapi.Subscription) bool {
-	return a.Status == b.Status && a.PriceID == b.PriceID && a.CancelAtPeriodEnd == b.CancelAtPeriodEnd &&
-		a.CurrentPeriodEnd.Equal(b.CurrentPeriodEnd)
+func sameSnapshot(v SubscriptionView, s *stripeapi.Subscription) bool {
+	end := time.Time{}
+	if v.CurrentPeriodEnd != nil {
+		end = *v.CurrentPeriodEnd
+	}
+	return v.Status == s.Status && v.PriceID == s.PriceID && v.CancelAtPeriodEnd == s.CancelAtPeriodEnd &&
+		end.Equal(s.CurrentPeriodEnd)
 }
 
 func nullString(s string) *string {

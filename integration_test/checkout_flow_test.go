@@ -61,6 +61,9 @@ func TestSuccessFirstThenWebhooks(t *testing.T) {
 	if got := r.json(t)["redirect"]; got != "/dashboard" {
 		t.Fatalf("redirect = %v, want /dashboard", got)
 	}
+	if sub, _ := r.json(t)["subscription"].(map[string]any); sub["id"] != fx.subscription || sub["status"] != "active" || sub["price"] != fx.price {
+		t.Fatalf("answer's subscription = %v, want %s active on %s", sub, fx.subscription, fx.price)
+	}
 	assertPaidUser(t, b, fx)
 
 	for _, ev := range [][]byte{

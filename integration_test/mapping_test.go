@@ -98,6 +98,9 @@ func TestMappingRepointBySuccessNotByWebhook(t *testing.T) {
 	if m := r.json(t)["mapping"]; m != "superseded" {
 		t.Fatalf("mapping = %v, want superseded", m)
 	}
+	if sub, ok := r.json(t)["subscription"]; ok {
+		t.Fatalf("a superseded checkout reported subscription %v, which is not the user's", sub)
+	}
 	if got := b.customerOf(user); got != fresh.customer {
 		t.Fatalf("late old call re-pointed the user to %s", got)
 	}

@@ -37,7 +37,7 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
 WHERE s.stripe_customer_id = excluded.stripe_customer_id
   AND s.status NOT IN ('canceled', 'incomplete_expired')
   AND (excluded.source_time > s.source_time OR excluded.status IN ('canceled', 'incomplete_expired'))
-RETURNING true;
+RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end;
 INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
     attempts, last_error, payload, processed_at)
 VALUES ('evt_ref_' || CAST(:e AS text), 'customer.subscription.updated', '2023-10-16', 'cus_ref_' || CAST(:c AS text), now(), 'processed', 1, NULL, :payload, now())
