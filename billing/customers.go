@@ -136,6 +136,4 @@ WHERE stripe_customer_id = $1`
 	return nil
 }
 
-var errNoRows = pgx.ErrNoRows
-
-func isNoRows(err error) bool { return errors.Is(err, errNoRows) }
+func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

@@ -67,10 +67,7 @@ func (s *server) adminReplay(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Metrics.Replayed(string(res.Outcome))
 	if err != nil {
-		code, _ := status(err)
-		if code == http.StatusInternalServerError {
-			code = http.StatusUnprocessableEntity
-		}
+		code, _ := eventFailureStatus(err)
 		s.Log.WarnContext(ctx, "replay failed", slog.Int("status", code), slog.String("error", err.Error()))
 		writeJSON(w, code, res)
 		return

@@ -39,6 +39,18 @@ func status(err error) (int, string) {
 	return http.StatusInternalServerError, "internal error"
 }
 
+// eventFailureStatus is status for a Stripe event recorded as failed: a
+// permanent failure answers 422, not 500. It is not transient, so a 5xx
+// would invite retries, and the ledger keeps the event for a replay after
+// the fix.
+func eventFailureStatus(err error) (int, string) {
+	code, reason := status(err)
+	if code == http.StatusInternalServerError {
+		return http.StatusUnprocessableEntity, "event could not be applied; recorded as failed"
+	}
+	return code, reason
+}
+
 // writeStatus writes err as status() maps it, with Retry-After on 502/503.
 func writeStatus(w http.ResponseWriter, err error) int {
 	code, reason := status(err)

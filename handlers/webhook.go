@@ -55,12 +55,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		s.Metrics.WebhookEvent(ev.Type, string(billing.Failed))
-		code, reason := status(err)
-		if code == http.StatusInternalServerError {
-			// A permanent failure: recorded as failed for replay after a fix.
-			// 422 rather than 5xx: it is not transient.
-			code, reason = http.StatusUnprocessableEntity, "event could not be applied; recorded as failed"
-		}
+		code, reason := eventFailureStatus(err)
 		s.Log.ErrorContext(ctx, "webhook event failed", slog.Int("status", code), slog.String("error", err.Error()))
 		if code >= 500 {
 			w.Header().Set("Retry-After", "1")
