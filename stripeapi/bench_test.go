@@ -76,3 +76,42 @@ func BenchmarkParseSubscription(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkParseObjects parses the other objects lockstep reads, as
+// Stripe renders them in webhooks.
+func BenchmarkParseObjects(b *testing.B) {
+	created := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	sub := stripefake.Subscription{ID: "sub_bench1", Customer: "cus_bench1", Status: "active", PriceID: "price_bench", Created: created}
+	for _, bc := range []struct {
+		name  string
+		obj   map[string]any
+		parse func([]byte) error
+	}{
+		{"checkout_session", stripefake.SessionJSON(stripefake.Session{ID: "cs_bench1", Customer: "cus_bench1", Subscription: "sub_bench1",
+			ClientReferenceID: "user-1", Status: "complete", PaymentStatus: "paid", Created: created}, nil, ""),
+			func(b []byte) error { _, err := stripeapi.ParseCheckoutSession(b); return err }},
+		{"checkout_session_expanded", stripefake.SessionJSON(stripefake.Session{ID: "cs_bench1", Customer: "cus_bench1", Subscription: "sub_bench1",
+			ClientReferenceID: "user-1", Status: "complete", PaymentStatus: "paid", Created: created}, &sub, ""),
+			func(b []byte) error { _, err := stripeapi.ParseCheckoutSession(b); return err }},
+		{"customer", stripefake.CustomerJSON(stripefake.Customer{ID: "cus_bench1", Email: "a@example.com",
+			Metadata: map[string]string{"user_id": "user-1"}, Created: created}),
+			func(b []byte) error { _, err := stripeapi.ParseCustomer(b); return err }},
+		{"invoice_basil", stripefake.InvoiceJSON(stripefake.Invoice{ID: "in_bench1", Customer: "cus_bench1", Subscription: "sub_bench1",
+			Status: "paid", AmountDue: 1500, AmountPaid: 1500, Created: created}, stripefake.BasilAPIVersion),
+			func(b []byte) error { _, err := stripeapi.ParseInvoice(b); return err }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ev, err := stripeapi.ParseEvent(stripefake.EventJSON("evt_bench1", "x.y", created, "", bc.obj))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(ev.Object)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.parse(ev.Object); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

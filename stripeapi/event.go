@@ -23,25 +23,18 @@ type Event struct {
 // could not store (invalid UTF-8, NUL characters, unpaired
 // surrogates, numbers beyond numeric) as well as anything that
 // is not a Stripe event, so a rejected body never reaches the database.
+// Event.Object is a sub-slice of payload, which must not be modified.
 func ParseEvent(payload []byte) (*Event, error) {
-	if !utf8.Valid(payload) {
-		return nil, fmt.Errorf("%w: event: body is not valid UTF-8", ErrMalformed)
-	}
-	if bad := unstorable(payload); bad != "" {
-		return nil, fmt.Errorf("%w: event: body contains %s", ErrMalformed, bad)
-	}
-	var w struct {
-		ID         string  `json:"id"`
-		Object     string  `json:"object"`
-		Type       string  `json:"type"`
-		APIVersion *string `json:"api_version"`
-		Created    int64   `json:"created"`
-		Data       *struct {
-			Object json.RawMessage `json:"object"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(payload, &w); err != nil {
-		return nil, fmt.Errorf("%w: event: %v", ErrMalformed, err)
+	var w eventWire
+	sc := scanner{b: payload}
+	if !scanEvent(&sc, 0, &w) || !sc.atEnd() {
+		// The scanner checks in one pass what decodeEvent checks in four.
+		// It declined (see scan.go): decodeEvent decides.
+		ref, err := decodeEvent(payload)
+		if err != nil {
+			return nil, err
+		}
+		w = *ref
 	}
 	switch {
 	case w.Object != "event":
@@ -65,6 +58,95 @@ func ParseEvent(payload []byte) (*Event, error) {
 	return ev, nil
 }
 
+// eventWire is the part of an event envelope ParseEvent reads. Like every
+// wire struct it is an alias of an unnamed struct type, as the parsers
+// declared before the scanner, so encoding/json's errors read as they did
+// ("Go struct field .created of type int64").
+type eventWire = struct {
+	ID         string     `json:"id"`
+	Object     string     `json:"object"`
+	Type       string     `json:"type"`
+	APIVersion *string    `json:"api_version"`
+	Created    int64      `json:"created"`
+	Data       *eventData `json:"data"`
+}
+
+type eventData = struct {
+	Object json.RawMessage `json:"object"`
+}
+
+// decodeEvent is ParseEvent's reference decoding, for the bodies the
+// scanner declines: each check is a pass of its own over the body.
+func decodeEvent(payload []byte) (*eventWire, error) {
+	if !utf8.Valid(payload) {
+		return nil, fmt.Errorf("%w: event: body is not valid UTF-8", ErrMalformed)
+	}
+	if bad := unstorable(payload); bad != "" {
+		return nil, fmt.Errorf("%w: event: body contains %s", ErrMalformed, bad)
+	}
+	var w eventWire
+	if err := json.Unmarshal(payload, &w); err != nil {
+		return nil, fmt.Errorf("%w: event: %v", ErrMalformed, err)
+	}
+	return &w, nil
+}
+
+var eventFields = []string{"id", "object", "type", "api_version", "created", "data"}
+
+// scanEvent is the fast counterpart of decodeEvent (see scan.go).
+func scanEvent(s *scanner, depth int, w *eventWire) bool {
+	f := fieldSet{names: eventFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "id":
+			return s.stringInto(&w.ID)
+		case name == "object":
+			return s.stringInto(&w.Object)
+		case name == "type":
+			return s.stringInto(&w.Type)
+		case name == "api_version":
+			return s.stringPtrInto(&w.APIVersion)
+		case name == "created":
+			return s.intInto(&w.Created)
+		case name == "data":
+			if s.null() {
+				w.Data = nil
+				return true
+			}
+			w.Data = new(eventData)
+			return scanEventData(s, depth+1, w.Data)
+		}
+		return s.value(depth + 1)
+	})
+}
+
+var eventDataFields = []string{"object"}
+
+func scanEventData(s *scanner, depth int, d *eventData) bool {
+	f := fieldSet{names: eventDataFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "object":
+			// A json.RawMessage takes any value's text, null included
+			// (which ParseEvent then refuses).
+			s.skipSpace()
+			start := s.i
+			if !s.value(depth + 1) {
+				return false
+			}
+			d.Object = s.b[start:s.i]
+			return true
+		}
+		return s.value(depth + 1)
+	})
+}
+
 func validType(t string) bool {
 	if t == "" || len(t) > 100 {
 		return false
@@ -83,7 +165,7 @@ func validType(t string) bool {
 // a number beyond PostgreSQL's numeric (Stripe sends none of these). It
 // walks the text once, string escapes pair by pair, so an escaped backslash
 // before "u0000" is text, not an escape. Syntax errors are left to
-// json.Unmarshal.
+// json.Unmarshal. The scanner (scan.go) makes the same checks.
 func unstorable(b []byte) string {
 	if bytes.IndexByte(b, 0) >= 0 {
 		return "a NUL character"

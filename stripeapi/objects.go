@@ -43,7 +43,8 @@ func ValidID(s, prefix string) bool {
 }
 
 // expandable is a field Stripe renders as an id, as an object with an id
-// (when expanded), or as null.
+// (when expanded), or as null. UnmarshalJSON serves encoding/json; the
+// scanner reads it with expandableInto.
 type expandable struct {
 	ID  string
 	Raw json.RawMessage // the whole object when expanded
@@ -115,20 +116,15 @@ func (s *CheckoutSession) ClaimedUsers() []string {
 
 // ParseCheckoutSession parses a checkout.session object.
 func ParseCheckoutSession(b []byte) (*CheckoutSession, error) {
-	var w struct {
-		ID                string            `json:"id"`
-		Object            string            `json:"object"`
-		Customer          expandable        `json:"customer"`
-		Subscription      expandable        `json:"subscription"`
-		ClientReferenceID *string           `json:"client_reference_id"`
-		Metadata          map[string]string `json:"metadata"`
-		Status            *string           `json:"status"`
-		PaymentStatus     string            `json:"payment_status"`
-		Mode              string            `json:"mode"`
-		Created           int64             `json:"created"`
-	}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("%w: checkout session: %v", ErrMalformed, err)
+	var w sessionWire
+	sc := scanner{b: b}
+	if !scanSession(&sc, 0, &w) || !sc.atEnd() {
+		// The scanner declined (see scan.go): encoding/json decides.
+		var ref sessionWire
+		if err := json.Unmarshal(b, &ref); err != nil {
+			return nil, fmt.Errorf("%w: checkout session: %v", ErrMalformed, err)
+		}
+		w = ref
 	}
 	if w.Object != "checkout.session" || !ValidID(w.ID, "cs_") {
 		return nil, fmt.Errorf("%w: checkout session: bad object or id", ErrMalformed)
@@ -164,6 +160,57 @@ func ParseCheckoutSession(b []byte) (*CheckoutSession, error) {
 		s.Subscription = sub
 	}
 	return s, nil
+}
+
+// sessionWire is the part of a checkout session ParseCheckoutSession reads.
+// Like each wire struct, it is filled by the scanner (scan.go) or, when
+// that declines, by encoding/json.
+type sessionWire = struct {
+	ID                string            `json:"id"`
+	Object            string            `json:"object"`
+	Customer          expandable        `json:"customer"`
+	Subscription      expandable        `json:"subscription"`
+	ClientReferenceID *string           `json:"client_reference_id"`
+	Metadata          map[string]string `json:"metadata"`
+	Status            *string           `json:"status"`
+	PaymentStatus     string            `json:"payment_status"`
+	Mode              string            `json:"mode"`
+	Created           int64             `json:"created"`
+}
+
+var sessionFields = []string{"id", "object", "customer", "subscription", "client_reference_id",
+	"metadata", "status", "payment_status", "mode", "created"}
+
+func scanSession(s *scanner, depth int, w *sessionWire) bool {
+	f := fieldSet{names: sessionFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "id":
+			return s.stringInto(&w.ID)
+		case name == "object":
+			return s.stringInto(&w.Object)
+		case name == "customer":
+			return s.expandableInto(&w.Customer, depth+1)
+		case name == "subscription":
+			return s.expandableInto(&w.Subscription, depth+1)
+		case name == "client_reference_id":
+			return s.stringPtrInto(&w.ClientReferenceID)
+		case name == "metadata":
+			return s.metadataInto(&w.Metadata, depth+1)
+		case name == "status":
+			return s.stringPtrInto(&w.Status)
+		case name == "payment_status":
+			return s.stringInto(&w.PaymentStatus)
+		case name == "mode":
+			return s.stringInto(&w.Mode)
+		case name == "created":
+			return s.intInto(&w.Created)
+		}
+		return s.value(depth + 1)
+	})
 }
 
 // ValidUserID reports whether s is acceptable as the app's user id: 1 to 255
@@ -206,23 +253,15 @@ var subscriptionStatuses = map[string]bool{
 // current_period_end is read from the subscription (before 2025-03-31) or
 // from its items (since), whichever is present.
 func ParseSubscription(b []byte) (*Subscription, error) {
-	var w struct {
-		ID                string     `json:"id"`
-		Object            string     `json:"object"`
-		Customer          expandable `json:"customer"`
-		Status            string     `json:"status"`
-		CancelAtPeriodEnd bool       `json:"cancel_at_period_end"`
-		CurrentPeriodEnd  int64      `json:"current_period_end"`
-		Created           int64      `json:"created"`
-		Items             struct {
-			Data []struct {
-				Price            expandable `json:"price"`
-				CurrentPeriodEnd int64      `json:"current_period_end"`
-			} `json:"data"`
-		} `json:"items"`
-	}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("%w: subscription: %v", ErrMalformed, err)
+	var w subscriptionWire
+	sc := scanner{b: b}
+	if !scanSubscription(&sc, 0, &w) || !sc.atEnd() {
+		// The scanner declined (see scan.go): encoding/json decides.
+		var ref subscriptionWire
+		if err := json.Unmarshal(b, &ref); err != nil {
+			return nil, fmt.Errorf("%w: subscription: %v", ErrMalformed, err)
+		}
+		w = ref
 	}
 	if w.Object != "subscription" || !ValidID(w.ID, "sub_") {
 		return nil, fmt.Errorf("%w: subscription: bad object or id", ErrMalformed)
@@ -257,6 +296,104 @@ func ParseSubscription(b []byte) (*Subscription, error) {
 	return s, nil
 }
 
+// subscriptionWire is the part of a subscription ParseSubscription reads.
+type subscriptionWire = struct {
+	ID                string     `json:"id"`
+	Object            string     `json:"object"`
+	Customer          expandable `json:"customer"`
+	Status            string     `json:"status"`
+	CancelAtPeriodEnd bool       `json:"cancel_at_period_end"`
+	CurrentPeriodEnd  int64      `json:"current_period_end"`
+	Created           int64      `json:"created"`
+	Items             itemList   `json:"items"`
+}
+
+type itemList = struct {
+	Data []subscriptionItem `json:"data"`
+}
+
+type subscriptionItem = struct {
+	Price            expandable `json:"price"`
+	CurrentPeriodEnd int64      `json:"current_period_end"`
+}
+
+var subscriptionFields = []string{"id", "object", "customer", "status", "cancel_at_period_end",
+	"current_period_end", "created", "items"}
+
+func scanSubscription(s *scanner, depth int, w *subscriptionWire) bool {
+	f := fieldSet{names: subscriptionFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "id":
+			return s.stringInto(&w.ID)
+		case name == "object":
+			return s.stringInto(&w.Object)
+		case name == "customer":
+			return s.expandableInto(&w.Customer, depth+1)
+		case name == "status":
+			return s.stringInto(&w.Status)
+		case name == "cancel_at_period_end":
+			return s.boolInto(&w.CancelAtPeriodEnd)
+		case name == "current_period_end":
+			return s.intInto(&w.CurrentPeriodEnd)
+		case name == "created":
+			return s.intInto(&w.Created)
+		case name == "items":
+			return s.null() || scanItemList(s, depth+1, &w.Items) // null leaves a struct as it is
+		}
+		return s.value(depth + 1)
+	})
+}
+
+var itemListFields = []string{"data"}
+
+func scanItemList(s *scanner, depth int, l *itemList) bool {
+	f := fieldSet{names: itemListFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "data":
+			if s.null() {
+				l.Data = nil
+				return true
+			}
+			l.Data = []subscriptionItem{}
+			return s.array(depth+1, func() bool {
+				var it subscriptionItem // a null element stays zero
+				if !s.null() && !scanSubscriptionItem(s, depth+2, &it) {
+					return false
+				}
+				l.Data = append(l.Data, it)
+				return true
+			})
+		}
+		return s.value(depth + 1)
+	})
+}
+
+var subscriptionItemFields = []string{"price", "current_period_end"}
+
+func scanSubscriptionItem(s *scanner, depth int, it *subscriptionItem) bool {
+	f := fieldSet{names: subscriptionItemFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "price":
+			return s.expandableInto(&it.Price, depth+1)
+		case name == "current_period_end":
+			return s.intInto(&it.CurrentPeriodEnd)
+		}
+		return s.value(depth + 1)
+	})
+}
+
 // Customer is the part of a customer lockstep stores.
 type Customer struct {
 	ID             string
@@ -267,15 +404,15 @@ type Customer struct {
 
 // ParseCustomer parses a customer object (or a deleted customer's stub).
 func ParseCustomer(b []byte) (*Customer, error) {
-	var w struct {
-		ID       string            `json:"id"`
-		Object   string            `json:"object"`
-		Deleted  bool              `json:"deleted"`
-		Metadata map[string]string `json:"metadata"`
-		Created  int64             `json:"created"`
-	}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("%w: customer: %v", ErrMalformed, err)
+	var w customerWire
+	sc := scanner{b: b}
+	if !scanCustomer(&sc, 0, &w) || !sc.atEnd() {
+		// The scanner declined (see scan.go): encoding/json decides.
+		var ref customerWire
+		if err := json.Unmarshal(b, &ref); err != nil {
+			return nil, fmt.Errorf("%w: customer: %v", ErrMalformed, err)
+		}
+		w = ref
 	}
 	if w.Object != "customer" || !ValidID(w.ID, "cus_") {
 		return nil, fmt.Errorf("%w: customer: bad object or id", ErrMalformed)
@@ -285,6 +422,39 @@ func ParseCustomer(b []byte) (*Customer, error) {
 		return nil, fmt.Errorf("%w: customer %s: bad metadata.user_id", ErrMalformed, w.ID)
 	}
 	return c, nil
+}
+
+// customerWire is the part of a customer ParseCustomer reads.
+type customerWire = struct {
+	ID       string            `json:"id"`
+	Object   string            `json:"object"`
+	Deleted  bool              `json:"deleted"`
+	Metadata map[string]string `json:"metadata"`
+	Created  int64             `json:"created"`
+}
+
+var customerFields = []string{"id", "object", "deleted", "metadata", "created"}
+
+func scanCustomer(s *scanner, depth int, w *customerWire) bool {
+	f := fieldSet{names: customerFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "id":
+			return s.stringInto(&w.ID)
+		case name == "object":
+			return s.stringInto(&w.Object)
+		case name == "deleted":
+			return s.boolInto(&w.Deleted)
+		case name == "metadata":
+			return s.metadataInto(&w.Metadata, depth+1)
+		case name == "created":
+			return s.intInto(&w.Created)
+		}
+		return s.value(depth + 1)
+	})
 }
 
 // Invoice is the part of an invoice lockstep stores.
@@ -303,24 +473,15 @@ type Invoice struct {
 // invoice.subscription before 2025-03-31 and
 // invoice.parent.subscription_details.subscription since.
 func ParseInvoice(b []byte) (*Invoice, error) {
-	var w struct {
-		ID           string     `json:"id"`
-		Object       string     `json:"object"`
-		Customer     expandable `json:"customer"`
-		Subscription expandable `json:"subscription"`
-		Parent       *struct {
-			SubscriptionDetails *struct {
-				Subscription expandable `json:"subscription"`
-			} `json:"subscription_details"`
-		} `json:"parent"`
-		Status     *string `json:"status"`
-		AmountDue  int64   `json:"amount_due"`
-		AmountPaid int64   `json:"amount_paid"`
-		Currency   string  `json:"currency"`
-		Created    int64   `json:"created"`
-	}
-	if err := json.Unmarshal(b, &w); err != nil {
-		return nil, fmt.Errorf("%w: invoice: %v", ErrMalformed, err)
+	var w invoiceWire
+	sc := scanner{b: b}
+	if !scanInvoice(&sc, 0, &w) || !sc.atEnd() {
+		// The scanner declined (see scan.go): encoding/json decides.
+		var ref invoiceWire
+		if err := json.Unmarshal(b, &ref); err != nil {
+			return nil, fmt.Errorf("%w: invoice: %v", ErrMalformed, err)
+		}
+		w = ref
 	}
 	if w.Object != "invoice" || !ValidID(w.ID, "in_") {
 		return nil, fmt.Errorf("%w: invoice: bad object or id", ErrMalformed)
@@ -343,4 +504,103 @@ func ParseInvoice(b []byte) (*Invoice, error) {
 		return nil, fmt.Errorf("%w: invoice %s: field too long", ErrMalformed, w.ID)
 	}
 	return inv, nil
+}
+
+// invoiceWire is the part of an invoice ParseInvoice reads.
+type invoiceWire = struct {
+	ID           string         `json:"id"`
+	Object       string         `json:"object"`
+	Customer     expandable     `json:"customer"`
+	Subscription expandable     `json:"subscription"`
+	Parent       *invoiceParent `json:"parent"`
+	Status       *string        `json:"status"`
+	AmountDue    int64          `json:"amount_due"`
+	AmountPaid   int64          `json:"amount_paid"`
+	Currency     string         `json:"currency"`
+	Created      int64          `json:"created"`
+}
+
+type invoiceParent = struct {
+	SubscriptionDetails *subscriptionDetails `json:"subscription_details"`
+}
+
+type subscriptionDetails = struct {
+	Subscription expandable `json:"subscription"`
+}
+
+var invoiceFields = []string{"id", "object", "customer", "subscription", "parent",
+	"status", "amount_due", "amount_paid", "currency", "created"}
+
+func scanInvoice(s *scanner, depth int, w *invoiceWire) bool {
+	f := fieldSet{names: invoiceFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "id":
+			return s.stringInto(&w.ID)
+		case name == "object":
+			return s.stringInto(&w.Object)
+		case name == "customer":
+			return s.expandableInto(&w.Customer, depth+1)
+		case name == "subscription":
+			return s.expandableInto(&w.Subscription, depth+1)
+		case name == "parent":
+			if s.null() {
+				w.Parent = nil
+				return true
+			}
+			w.Parent = new(invoiceParent)
+			return scanInvoiceParent(s, depth+1, w.Parent)
+		case name == "status":
+			return s.stringPtrInto(&w.Status)
+		case name == "amount_due":
+			return s.intInto(&w.AmountDue)
+		case name == "amount_paid":
+			return s.intInto(&w.AmountPaid)
+		case name == "currency":
+			return s.stringInto(&w.Currency)
+		case name == "created":
+			return s.intInto(&w.Created)
+		}
+		return s.value(depth + 1)
+	})
+}
+
+var invoiceParentFields = []string{"subscription_details"}
+
+func scanInvoiceParent(s *scanner, depth int, p *invoiceParent) bool {
+	f := fieldSet{names: invoiceParentFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "subscription_details":
+			if s.null() {
+				p.SubscriptionDetails = nil
+				return true
+			}
+			p.SubscriptionDetails = new(subscriptionDetails)
+			return scanSubscriptionDetails(s, depth+1, p.SubscriptionDetails)
+		}
+		return s.value(depth + 1)
+	})
+}
+
+var subscriptionDetailsFields = []string{"subscription"}
+
+func scanSubscriptionDetails(s *scanner, depth int, d *subscriptionDetails) bool {
+	f := fieldSet{names: subscriptionDetailsFields}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "subscription":
+			return s.expandableInto(&d.Subscription, depth+1)
+		}
+		return s.value(depth + 1)
+	})
 }
