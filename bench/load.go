@@ -75,11 +75,20 @@ func newEventTemplate() *eventTemplate {
 
 // render appends the event to dst.
 func (t *eventTemplate) render(dst []byte, eventID, customerID, subscriptionID string, created int64) []byte {
+	return t.renderN(dst, eventID, -1, customerID, subscriptionID, created)
+}
+
+// renderN appends the event to dst, its id being idPrefix followed by n
+// (by nothing when n < 0): the load's event ids, without making a string.
+func (t *eventTemplate) renderN(dst []byte, idPrefix string, n int64, customerID, subscriptionID string, created int64) []byte {
 	for i, h := range t.holes {
 		dst = append(dst, t.parts[i]...)
 		switch h {
 		case holeEvent:
-			dst = append(dst, eventID...)
+			dst = append(dst, idPrefix...)
+			if n >= 0 {
+				dst = strconv.AppendInt(dst, n, 10)
+			}
 		case holeCustomer:
 			dst = append(dst, customerID...)
 		case holeSubscription:
@@ -117,7 +126,8 @@ type workload struct {
 	dup       float64
 	success   float64
 	tmpl      *eventTemplate
-	base      int64 // created time of each customer's first event
+	idPrefix  string // eventIDPrefix
+	base      int64  // created time of each customer's first event
 	next      atomic.Int64
 
 	recentMu sync.Mutex
@@ -136,6 +146,7 @@ func newWorkload(run string, n int, hot, storm bool, dup, success float64, fake 
 		// snapshot a checkout-success call fetched (at now) and is applied,
 		// the costliest path and the one the reference runs.
 		base: time.Now().Add(24 * time.Hour).Unix()}
+	w.idPrefix = w.eventIDPrefix()
 	if hot && !storm {
 		n = 1
 	}
@@ -195,13 +206,21 @@ func (w *workload) redelivery() (sentEvent, bool) {
 	return w.recent[rand.IntN(n)], true
 }
 
-func (w *workload) eventID(n int64) string {
-	return "evt_bench_" + w.run + "_" + strconv.FormatInt(n, 10)
+// eventIDPrefix is the start of the run's event ids, followed by the
+// event's number.
+func (w *workload) eventIDPrefix() string {
+	return "evt_bench_" + w.run + "_"
 }
 
 func (w *workload) body(ev sentEvent) []byte {
+	return w.appendBody(make([]byte, 0, w.tmpl.size()), ev)
+}
+
+// appendBody appends ev's body to dst: the load renders each event into its
+// worker's one buffer.
+func (w *workload) appendBody(dst []byte, ev sentEvent) []byte {
 	c := &w.customers[ev.customer]
-	return w.tmpl.render(make([]byte, 0, w.tmpl.size()), w.eventID(ev.n), c.id, c.sub, ev.created)
+	return w.tmpl.renderN(dst, w.idPrefix, ev.n, c.id, c.sub, ev.created)
 }
 
 // samplePayload is an event as the load sends it, for the reference's
@@ -215,7 +234,7 @@ type target struct {
 	base   string
 	secret string
 	token  string
-	client *http.Client
+	client *http.Client // waitReady, the metrics scrapes, and the load on a target httpConn does not speak (https)
 }
 
 func newHTTPClient(conns int) *http.Client {
@@ -237,6 +256,9 @@ type answer struct {
 	dup  bool // a webhook answered "duplicate"
 }
 
+var duplicateMarker = []byte(`"duplicate"`)
+
+// post sends a request through t.client, net/http's.
 func (t *target) post(ctx context.Context, path string, body []byte, header func(http.Header)) answer {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+path, bytes.NewReader(body))
 	if err != nil {
@@ -253,17 +275,59 @@ func (t *target) post(ctx context.Context, path string, body []byte, header func
 	if err != nil {
 		return answer{}
 	}
-	return answer{code: res.StatusCode, dup: bytes.Contains(b, []byte(`"duplicate"`))}
+	return answer{code: res.StatusCode, dup: bytes.Contains(b, duplicateMarker)}
 }
 
-func (t *target) webhook(ctx context.Context, body []byte) answer {
-	sig := stripefake.SignatureHeader(body, t.secret, time.Now())
-	return t.post(ctx, "/webhooks/stripe", body, func(h http.Header) { h.Set("Stripe-Signature", sig) })
+// sender sends one load worker's requests, one at a time: on its own
+// keep-alive connection (httpConn, so that the load generator costs little
+// of the CPU the bench measures), or through t.client on a target httpConn
+// does not speak.
+type sender struct {
+	t    *target
+	conn *httpConn // nil: t.client
+	body []byte    // the request being sent; reused
+	auth string    // the Authorization header
 }
 
-func (t *target) checkoutSuccess(ctx context.Context, c *customer) answer {
-	body := []byte(`{"session_id":"` + c.session + `","user_id":"` + c.user + `"}`)
-	return t.post(ctx, "/api/checkout/success", body, func(h http.Header) { h.Set("Authorization", "Bearer "+t.token) })
+func (t *target) newSender() *sender {
+	s := &sender{t: t, auth: "Bearer " + t.token}
+	if c, err := newHTTPConn(t.base); err == nil {
+		s.conn = c
+	}
+	return s
+}
+
+func (s *sender) close() {
+	if s.conn != nil {
+		_ = s.conn.Close()
+	}
+}
+
+// post sends s.body to path with the header name: value.
+func (s *sender) post(ctx context.Context, path, name, value string) answer {
+	if s.conn == nil {
+		return s.t.post(ctx, path, s.body, func(h http.Header) { h.Set(name, value) })
+	}
+	code, b, err := s.conn.Post(ctx, path, "application/json", name, value, s.body)
+	if err != nil {
+		return answer{}
+	}
+	return answer{code: code, dup: bytes.Contains(b, duplicateMarker)}
+}
+
+// webhook sends s.body, an event, signed now.
+func (s *sender) webhook(ctx context.Context) answer {
+	sig := stripefake.SignatureHeader(s.body, s.t.secret, time.Now())
+	return s.post(ctx, "/webhooks/stripe", "Stripe-Signature", sig)
+}
+
+func (s *sender) checkoutSuccess(ctx context.Context, c *customer) answer {
+	b := append(s.body[:0], `{"session_id":"`...)
+	b = append(b, c.session...)
+	b = append(b, `","user_id":"`...)
+	b = append(b, c.user...)
+	s.body = append(b, `"}`...)
+	return s.post(ctx, "/api/checkout/success", "Authorization", s.auth)
 }
 
 // waitReady polls /readyz until the target answers 200.
@@ -373,6 +437,8 @@ func (r *loadRun) run(ctx context.Context) (*tally, time.Duration) {
 }
 
 func (r *loadRun) worker(ctx, stop context.Context, t *tally, successOnly bool) {
+	s := r.t.newSender()
+	defer s.close()
 	for stop.Err() == nil && r.ticket() {
 		op := opEvent
 		switch {
@@ -392,7 +458,7 @@ func (r *loadRun) worker(ctx, stop context.Context, t *tally, successOnly bool) 
 		if op == opSuccess {
 			c := &r.w.customers[r.w.successCustomer()]
 			start := time.Now()
-			ans = r.t.checkoutSuccess(ctx, c)
+			ans = s.checkoutSuccess(ctx, c)
 			d = time.Since(start)
 		} else {
 			ev, ok := sentEvent{}, false
@@ -402,9 +468,9 @@ func (r *loadRun) worker(ctx, stop context.Context, t *tally, successOnly bool) 
 			if !ok {
 				ev = r.w.newEvent(r.w.eventCustomer())
 			}
-			body := r.w.body(ev)
+			s.body = r.w.appendBody(s.body[:0], ev)
 			start := time.Now()
-			ans = r.t.webhook(ctx, body)
+			ans = s.webhook(ctx)
 			d = time.Since(start)
 		}
 		if ctx.Err() != nil {
