@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,6 +74,7 @@ func BenchmarkWebhookBeforeDatabase(b *testing.B) {
 type perfRecorder struct {
 	mu         sync.Mutex
 	sqls       []string
+	trips      []int64 // the round trip each statement's answer came in
 	prepares   int
 	roundTrips atomic.Int64
 }
@@ -80,20 +82,29 @@ type perfRecorder struct {
 func (r *perfRecorder) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
 	r.mu.Lock()
 	r.sqls = append(r.sqls, d.SQL)
+	r.trips = append(r.trips, 0)
 	r.mu.Unlock()
 	return ctx
 }
 
-func (r *perfRecorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+// TraceQueryEnd notes the round trip the statement's answer came in (the
+// pool has one connection, so statements do not interleave).
+func (r *perfRecorder) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {
+	r.mu.Lock()
+	r.trips[len(r.trips)-1] = r.roundTrips.Load()
+	r.mu.Unlock()
+}
 
 func (r *perfRecorder) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
 	return ctx
 }
 
-// TraceBatchQuery records each statement of a pipelined batch.
+// TraceBatchQuery records each statement of a pipelined batch, as its
+// answer is read.
 func (r *perfRecorder) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
 	r.mu.Lock()
 	r.sqls = append(r.sqls, d.SQL)
+	r.trips = append(r.trips, r.roundTrips.Load())
 	r.mu.Unlock()
 }
 
@@ -111,8 +122,22 @@ func (r *perfRecorder) TracePrepareEnd(context.Context, *pgx.Conn, pgx.TracePrep
 // perfWork is what one operation sent.
 type perfWork struct {
 	sqls       []string
+	trips      []int64 // per statement: the round trip it was answered in
 	prepares   int
 	roundTrips int64
+}
+
+// tripSizes says how many statements each round trip carried, in order,
+// from the statement at index from on.
+func (w perfWork) tripSizes(from int) []int {
+	var sizes []int
+	for i := from; i < len(w.sqls); i++ {
+		if i == from || w.trips[i] != w.trips[i-1] {
+			sizes = append(sizes, 0)
+		}
+		sizes[len(sizes)-1]++
+	}
+	return sizes
 }
 
 func (w perfWork) count(sql string) int {
@@ -128,13 +153,14 @@ func (w perfWork) count(sql string) int {
 // measure runs fn and returns what it sent.
 func (r *perfRecorder) measure(fn func()) perfWork {
 	r.mu.Lock()
-	r.sqls, r.prepares = nil, 0
+	r.sqls, r.trips, r.prepares = nil, nil, 0
 	r.mu.Unlock()
 	rt0 := r.roundTrips.Load()
 	fn()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return perfWork{sqls: append([]string(nil), r.sqls...), prepares: r.prepares, roundTrips: r.roundTrips.Load() - rt0}
+	return perfWork{sqls: append([]string(nil), r.sqls...), trips: append([]int64(nil), r.trips...),
+		prepares: r.prepares, roundTrips: r.roundTrips.Load() - rt0}
 }
 
 type perfConn struct {
@@ -221,9 +247,10 @@ func checkRoundTrips(t *testing.T, w perfWork, what string) {
 
 // TestStatementsPerOperation counts what each path sends to PostgreSQL on a
 // warm connection: one transaction per new event and per checkout-success
-// call, none for a duplicate, one round trip per statement. The counts
-// themselves are logged (go test -v -run TestStatementsPerOperation), not
-// asserted.
+// call, none for a duplicate, at most one round trip per statement, and the
+// checkout-success call's statements pipelined (a new event's shape is held
+// to the pgbench script by TestPgbenchScriptMirrorsEvent). The statements are
+// logged (go test -v -run TestStatementsPerOperation).
 func TestStatementsPerOperation(t *testing.T) {
 	t.Parallel()
 	p := perfSetup(t)
@@ -273,6 +300,9 @@ func TestStatementsPerOperation(t *testing.T) {
 		t.Fatalf("checkout success: %+v", out)
 	}
 	checkRoundTrips(t, success, "checkout success")
+	if got := success.tripSizes(0); !slices.Equal(got, []int{6, 1, 1}) {
+		t.Errorf("checkout success: statements per round trip %v, want [6 1 1]: BEGIN, the lock, the reads and the subscription in one; the mapping; COMMIT", got)
+	}
 	if b, c := success.count("begin"), success.count("commit"); b != 1 || c != 1 {
 		t.Errorf("checkout success: %d BEGIN and %d COMMIT, want one transaction", b, c)
 	}
@@ -283,6 +313,9 @@ func TestStatementsPerOperation(t *testing.T) {
 		}
 	})
 	checkRoundTrips(t, again, "checkout success, repeated")
+	if got := again.tripSizes(0); !slices.Equal(got, []int{6, 1}) {
+		t.Errorf("checkout success, repeated: statements per round trip %v, want [6 1]", got)
+	}
 	if again.count("begin") != 1 {
 		t.Errorf("checkout success, repeated: %d transactions, want one", again.count("begin"))
 	}
@@ -309,7 +342,8 @@ func firstWords(s string, n int) string {
 // TestPgbenchScriptMirrorsEvent holds scripts/pgbench/event.sql, the
 // reference the load command measures lockstep against, to the transaction
 // lockstep runs for a new subscription event: the same statements in the
-// same order, with the same text but for the bind parameters.
+// same order, with the same text but for the bind parameters, sent in the
+// same round trips (a \startpipeline ... \endpipeline block is one).
 func TestPgbenchScriptMirrorsEvent(t *testing.T) {
 	t.Parallel()
 	p := perfSetup(t)
@@ -318,17 +352,22 @@ func TestPgbenchScriptMirrorsEvent(t *testing.T) {
 	w := p.rec.measure(func() { p.process(t, perfEvent("evt_new1", "cus_a", "sub_a", base.Add(time.Second))) })
 
 	// The transaction: from BEGIN to COMMIT.
-	var tx []string
-	for _, s := range w.sqls {
-		if strings.EqualFold(strings.TrimSpace(s), "begin") || len(tx) > 0 {
-			tx = append(tx, s)
+	from := -1
+	for i, s := range w.sqls {
+		if strings.EqualFold(strings.TrimSpace(s), "begin") {
+			from = i
+			break
 		}
 	}
+	if from < 0 {
+		t.Fatalf("no BEGIN among:\n%s", strings.Join(w.sqls, "\n---\n"))
+	}
+	tx := w.sqls[from:]
 	script, err := os.ReadFile("../scripts/pgbench/event.sql")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := pgbenchStatements(string(script))
+	ref, refTrips := pgbenchStatements(string(script))
 	if len(ref) != len(tx) {
 		t.Fatalf("event.sql has %d statements, lockstep's transaction %d:\n%s", len(ref), len(tx), strings.Join(tx, "\n---\n"))
 	}
@@ -349,27 +388,52 @@ func TestPgbenchScriptMirrorsEvent(t *testing.T) {
 			t.Errorf("statement %d differs:\nlockstep: %s\nevent.sql: %s", i+1, s, ref[i])
 		}
 	}
+	if got := w.tripSizes(from); !slices.Equal(got, refTrips) {
+		t.Errorf("statements per round trip: lockstep %v, event.sql %v", got, refTrips)
+	}
 }
 
 // pgbenchStatements splits a pgbench script into its SQL statements, without
-// comments and meta-commands, whitespace normalized.
-func pgbenchStatements(script string) []string {
-	var b strings.Builder
+// comments and meta-commands, whitespace normalized, and says how many
+// statements each round trip carries: one, or all of a pipeline block.
+func pgbenchStatements(script string) (stmts []string, trips []int) {
+	var cur strings.Builder
+	inPipeline := false
+	flush := func() {
+		s := normalizeSQL(strings.TrimSuffix(strings.TrimSpace(cur.String()), ";"))
+		cur.Reset()
+		if s == "" {
+			return
+		}
+		stmts = append(stmts, s)
+		if inPipeline {
+			trips[len(trips)-1]++
+		} else {
+			trips = append(trips, 1)
+		}
+	}
 	for _, line := range strings.Split(script, "\n") {
 		trimmed := strings.TrimSpace(line)
-		if strings.HasPrefix(trimmed, "--") || strings.HasPrefix(trimmed, `\`) {
-			continue
+		switch {
+		case strings.HasPrefix(trimmed, "--"):
+		case trimmed == `\startpipeline`:
+			flush()
+			inPipeline = true
+			trips = append(trips, 0)
+		case trimmed == `\endpipeline`:
+			flush()
+			inPipeline = false
+		case strings.HasPrefix(trimmed, `\`):
+		default:
+			cur.WriteString(line)
+			cur.WriteByte('\n')
+			if strings.HasSuffix(trimmed, ";") {
+				flush()
+			}
 		}
-		b.WriteString(line)
-		b.WriteByte('\n')
 	}
-	var out []string
-	for _, s := range strings.Split(b.String(), ";\n") {
-		if s = normalizeSQL(strings.TrimSuffix(strings.TrimSpace(s), ";")); s != "" {
-			out = append(out, s)
-		}
-	}
-	return out
+	flush()
+	return stmts, trips
 }
 
 func normalizeSQL(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -30,8 +30,8 @@ var (
 	ErrInvalidUser      = errors.New("invalid user id")
 )
 
-// DBTX is what repository functions need; *pgxpool.Pool and pgx.Tx both
-// satisfy it, so the same code runs inside any transaction.
+// DBTX is what repository functions need; *pgxpool.Pool, pgx.Tx and lockmgr.Tx
+// all satisfy it, so the same code runs inside any transaction.
 type DBTX interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
@@ -41,6 +41,7 @@ type DBTX interface {
 var (
 	_ DBTX = (*pgxpool.Pool)(nil)
 	_ DBTX = (pgx.Tx)(nil)
+	_ DBTX = (*lockmgr.Tx)(nil)
 )
 
 // Stripe is the part of Stripe's API the service reads.

@@ -62,23 +62,38 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	if sub != nil && sub.CustomerID != sess.CustomerID {
 		sub = nil // never write across customers under one lock
 	}
-	err = s.locks.InCustomerTx(ctx, sess.CustomerID, lockmgr.Who{Writer: "checkout", Ref: sess.ID}, func(ctx context.Context, tx pgx.Tx) error {
-		if err := ensureCustomer(ctx, tx, sess.CustomerID); err != nil {
+	// Two round trips under the lock at most: the customer row, the
+	// mapping read and the subscription, behind BEGIN and the lock; then the
+	// mapping writes the rules decide, if any. A refusal rolls everything
+	// back.
+	err = s.locks.InCustomerTx(ctx, sess.CustomerID, lockmgr.Who{Writer: "checkout", Ref: sess.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
+		res.Mapping, res.Subscription = "", nil
+		b := &pgx.Batch{}
+		queueEnsureCustomer(b, sess.CustomerID)
+		found := queueReadLink(b, sess.CustomerID, userID)
+		var sw *subscriptionWrite
+		if sub != nil {
+			sw = queueApplySubscription(b, sub, fetchedAt, "api")
+		}
+		if err := tx.SendBatch(ctx, b); err != nil {
 			return err
 		}
-		link, err := linkUser(ctx, tx, sess.CustomerID, userID, sess.Created, authoritativeLink)
+		link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
 		if err != nil {
 			return err
 		}
-		res.Mapping = link
-		if sub != nil {
-			v, err := applySubscription(ctx, tx, sub, fetchedAt, "api")
-			if err != nil && !errors.Is(err, errTie) {
+		if len(writes) > 0 {
+			b := &pgx.Batch{}
+			queueLinkWrites(b, writes)
+			if err := tx.SendBatch(ctx, b); err != nil {
 				return err
 			}
-			if link != LinkSuperseded { // a superseded customer is not the user's: nothing to show
-				res.Subscription = &v
-			}
+		}
+		res.Mapping = link
+		// A superseded customer is not the user's: nothing to show.
+		if sw != nil && link != LinkSuperseded {
+			v := sw.view
+			res.Subscription = &v
 		}
 		return nil
 	})

@@ -1,7 +1,6 @@
 package billing
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -11,23 +10,27 @@ import (
 	"github.com/lockstep/lockstep/lockmgr"
 )
 
-// ensureCustomer inserts the customer row if it is missing. It locks no row
-// when the customer exists.
-func ensureCustomer(ctx context.Context, db DBTX, customerID string) error {
+// queueEnsureCustomer queues the insert of the customer row if it is
+// missing. It locks no row when the customer exists.
+func queueEnsureCustomer(b *pgx.Batch, customerID string) {
 	const q = `INSERT INTO stripe_customers (stripe_customer_id) VALUES ($1) ON CONFLICT DO NOTHING`
-	if _, err := db.Exec(ctx, q, customerID); err != nil {
-		return fmt.Errorf("ensure customer %s: %w", customerID, err)
+	b.Queue(q, customerID).Fn = func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("ensure customer %s: %w", customerID, err)
+		}
+		return nil
 	}
-	return nil
 }
 
-func markCustomerDeleted(ctx context.Context, db DBTX, customerID string) error {
+func queueMarkCustomerDeleted(b *pgx.Batch, customerID string) {
 	const q = `UPDATE stripe_customers SET deleted = true, updated_at = now()
 WHERE stripe_customer_id = $1 AND NOT deleted`
-	if _, err := db.Exec(ctx, q, customerID); err != nil {
-		return fmt.Errorf("mark customer %s deleted: %w", customerID, err)
+	b.Queue(q, customerID).Fn = func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("mark customer %s deleted: %w", customerID, err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // linkKind says who asks for a mapping.
@@ -73,30 +76,47 @@ func newer(at time.Time, customerID string, other linkRow) bool {
 	return customerID > other.customerID
 }
 
-// linkUser maps userID to customerID under the rules of kind. The caller
-// holds the customer's lock; linkUser adds the user's, so two customers
-// racing for one user serialize too. Locks are always taken customer first,
-// then user, and no writer holds two customer locks, so they cannot
-// deadlock. A customer mapped to another user is never re-pointed:
-// ErrCustomerClaimed.
-func linkUser(ctx context.Context, tx pgx.Tx, customerID, userID string, linkedAt time.Time, kind linkKind) (LinkResult, error) {
-	if err := lockmgr.LockUser(ctx, tx, userID); err != nil {
-		return "", err
-	}
+// queueReadLink queues what deciding a mapping of userID to customerID
+// needs: the user's lock, then the rows of the customer and of the user's
+// current customer. The caller holds the customer's lock, and the customer
+// row exists by the time the read runs. Locks are always taken customer
+// first, then user, and no writer holds two customer locks, so two writers
+// cannot deadlock; two customers racing for one user serialize on the
+// user's lock. The rows are in the result once the batch ran.
+func queueReadLink(b *pgx.Batch, customerID, userID string) *[]linkRow {
 	const q = `SELECT stripe_customer_id, user_id, linked_at FROM stripe_customers
 WHERE stripe_customer_id = $1 OR user_id = $2`
-	rows, err := tx.Query(ctx, q, customerID, userID)
-	if err != nil {
-		return "", fmt.Errorf("read mapping for %s: %w", customerID, err)
+	lockmgr.QueueLockUser(b, userID)
+	found := new([]linkRow)
+	b.Queue(q, customerID, userID).Fn = func(br pgx.BatchResults) error {
+		rows, err := br.Query()
+		if err == nil {
+			*found, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (linkRow, error) {
+				var l linkRow
+				err := r.Scan(&l.customerID, &l.userID, &l.linkedAt)
+				return l, err
+			})
+		}
+		if err != nil {
+			return fmt.Errorf("read mapping for %s: %w", customerID, err)
+		}
+		return nil
 	}
-	found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (linkRow, error) {
-		var l linkRow
-		err := r.Scan(&l.customerID, &l.userID, &l.linkedAt)
-		return l, err
-	})
-	if err != nil {
-		return "", fmt.Errorf("read mapping for %s: %w", customerID, err)
-	}
+	return found
+}
+
+// linkWrite sets one customer row's mapping (nil clears it).
+type linkWrite struct {
+	customerID string
+	userID     *string
+	linkedAt   *time.Time
+}
+
+// decideLink applies the rules of kind to a request to map userID to
+// customerID, given the rows queueReadLink read, and returns what to write,
+// in order. A customer mapped to another user is never re-pointed:
+// ErrCustomerClaimed.
+func decideLink(customerID, userID string, linkedAt time.Time, kind linkKind, found []linkRow) (LinkResult, []linkWrite, error) {
 	var cust, current *linkRow // this customer's row; the user's current customer
 	for i := range found {
 		if found[i].customerID == customerID {
@@ -105,35 +125,37 @@ WHERE stripe_customer_id = $1 OR user_id = $2`
 			current = &found[i]
 		}
 	}
-	if cust == nil {
-		return "", fmt.Errorf("link %s: customer row missing", customerID)
-	}
+	link := linkWrite{customerID: customerID, userID: &userID, linkedAt: &linkedAt}
 	switch {
+	case cust == nil:
+		return "", nil, fmt.Errorf("link %s: customer row missing", customerID)
 	case cust.userID != nil && *cust.userID == userID:
-		return LinkUnchanged, nil
+		return LinkUnchanged, nil, nil
 	case cust.userID != nil:
-		return "", ErrCustomerClaimed
+		return "", nil, ErrCustomerClaimed
 	case current == nil:
-		return LinkCreated, setLink(ctx, tx, customerID, &userID, &linkedAt)
+		return LinkCreated, []linkWrite{link}, nil
 	case kind == webhookLink:
-		return LinkRefused, nil
+		return LinkRefused, nil, nil
 	case !newer(linkedAt, customerID, *current):
-		return LinkSuperseded, nil
+		return LinkSuperseded, nil, nil
 	}
 	// Clear the old row first: user_id is unique and checked row by row.
-	if err := setLink(ctx, tx, current.customerID, nil, nil); err != nil {
-		return "", err
-	}
-	return LinkRepointed, setLink(ctx, tx, customerID, &userID, &linkedAt)
+	return LinkRepointed, []linkWrite{{customerID: current.customerID}, link}, nil
 }
 
-func setLink(ctx context.Context, tx pgx.Tx, customerID string, userID *string, linkedAt *time.Time) error {
+// queueLinkWrites queues writes, in order.
+func queueLinkWrites(b *pgx.Batch, writes []linkWrite) {
 	const q = `UPDATE stripe_customers SET user_id = $2, linked_at = $3, updated_at = now()
 WHERE stripe_customer_id = $1`
-	if _, err := tx.Exec(ctx, q, customerID, userID, linkedAt); err != nil {
-		return fmt.Errorf("set mapping of %s: %w", customerID, err)
+	for _, w := range writes {
+		b.Queue(q, w.customerID, w.userID, w.linkedAt).Fn = func(br pgx.BatchResults) error {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("set mapping of %s: %w", w.customerID, err)
+			}
+			return nil
+		}
 	}
-	return nil
 }
 
 func isNoRows(err error) bool { return errors.Is(err, pgx.ErrNoRows) }

@@ -6,6 +6,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -19,10 +21,12 @@ const (
 // maxErrorLen bounds last_error.
 const maxErrorLen = 1000
 
+const selectEventStatus = `SELECT status FROM stripe_events WHERE event_id = $1`
+
 // eventStatus returns the event's ledger status, or "" if it has none.
 func eventStatus(ctx context.Context, db DBTX, eventID string) (string, error) {
 	var st string
-	err := db.QueryRow(ctx, `SELECT status FROM stripe_events WHERE event_id = $1`, eventID).Scan(&st)
+	err := db.QueryRow(ctx, selectEventStatus, eventID).Scan(&st)
 	if isNoRows(err) {
 		return "", nil
 	}
@@ -32,9 +36,25 @@ func eventStatus(ctx context.Context, db DBTX, eventID string) (string, error) {
 	return st, nil
 }
 
-// markProcessed records the event as processed in the transaction that
-// applied it, so the mutation and the mark commit together.
-func markProcessed(ctx context.Context, db DBTX, ev *stripeapi.Event, customerID, note string) error {
+// queueEventStatus queues the ledger read of eventID: *status is its
+// status once the batch ran, "" when it has none.
+func queueEventStatus(b *pgx.Batch, eventID string, status *string) {
+	b.Queue(selectEventStatus, eventID).Fn = func(br pgx.BatchResults) error {
+		err := br.QueryRow().Scan(status)
+		if isNoRows(err) {
+			*status = ""
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read event %s: %w", eventID, err)
+		}
+		return nil
+	}
+}
+
+// queueMarkProcessed queues the event's processed mark, for the
+// transaction that applies it, so the mutation and the mark commit together.
+func queueMarkProcessed(b *pgx.Batch, ev *stripeapi.Event, customerID, note string) {
 	const q = `
 INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
     attempts, last_error, payload, processed_at)
@@ -42,11 +62,13 @@ VALUES ($1, $2, $3, $4, $5, 'processed', 1, $6, $7, now())
 ON CONFLICT (event_id) DO UPDATE SET
     status = 'processed', attempts = stripe_events.attempts + 1, last_error = excluded.last_error,
     processed_at = now(), updated_at = now()`
-	if _, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
-		nullString(note), string(ev.Payload)); err != nil {
-		return fmt.Errorf("mark event %s processed: %w", ev.ID, err)
+	b.Queue(q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
+		nullString(note), string(ev.Payload)).Fn = func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("mark event %s processed: %w", ev.ID, err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // recordIgnored records an event lockstep does not act on. It reports false

@@ -1,9 +1,10 @@
 package billing
 
 import (
-	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/stripeapi"
 )
@@ -33,10 +34,13 @@ WHERE i.stripe_customer_id = excluded.stripe_customer_id
            AND (CASE excluded.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible' THEN 2 ELSE 3 END)
              > (CASE i.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible' THEN 2 ELSE 3 END)))`
 
-func applyInvoice(ctx context.Context, db DBTX, inv *stripeapi.Invoice, at time.Time, source string) error {
-	if _, err := db.Exec(ctx, upsertInvoice, inv.ID, inv.CustomerID, nullString(inv.SubscriptionID), inv.Status,
-		inv.AmountDue, inv.AmountPaid, inv.Currency, at, source); err != nil {
-		return fmt.Errorf("upsert invoice %s: %w", inv.ID, err)
+// queueApplyInvoice queues the upsert of inv as of at (the event's time).
+func queueApplyInvoice(b *pgx.Batch, inv *stripeapi.Invoice, at time.Time, source string) {
+	b.Queue(upsertInvoice, inv.ID, inv.CustomerID, nullString(inv.SubscriptionID), inv.Status,
+		inv.AmountDue, inv.AmountPaid, inv.Currency, at, source).Fn = func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf("upsert invoice %s: %w", inv.ID, err)
+		}
+		return nil
 	}
-	return nil
 }

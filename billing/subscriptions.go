@@ -1,10 +1,11 @@
 package billing
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/stripeapi"
 )
@@ -18,8 +19,12 @@ var errTie = errors.New("subscription snapshot ties with the stored one")
 // upsertSubscription stores a snapshot unless the stored one is newer or
 // terminal. A snapshot is newer when its Stripe time is later; a terminal
 // status (canceled, incomplete_expired) always wins and is never replaced,
-// because Stripe never revives such a subscription.
+// because Stripe never revives such a subscription. It returns one row:
+// the snapshot stored (applied), or, when the stored one was kept, that
+// one with its Stripe time and source, for the caller to tell a stale
+// snapshot from a same-second tie.
 const upsertSubscription = `
+WITH applied AS (
 INSERT INTO stripe_subscriptions AS s (stripe_subscription_id, stripe_customer_id, status, price_id,
     current_period_end, cancel_at_period_end, source_time, source)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -34,36 +39,55 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
 WHERE s.stripe_customer_id = excluded.stripe_customer_id
   AND s.status NOT IN ('canceled', 'incomplete_expired')
   AND (excluded.source_time > s.source_time OR excluded.status IN ('canceled', 'incomplete_expired'))
-RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end`
+RETURNING status, coalesce(price_id, '') AS price_id, current_period_end, cancel_at_period_end
+)
+SELECT true, status, price_id, current_period_end, cancel_at_period_end, NULL::timestamptz, NULL::text
+FROM applied
+UNION ALL
+SELECT false, status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, source_time, source
+FROM stripe_subscriptions
+WHERE stripe_subscription_id = $1 AND NOT EXISTS (SELECT FROM applied)`
 
-// applySubscription stores sub as of at (an event's created time, or the
-// moment it was fetched) and returns the subscription as stored afterwards:
-// sub when it was applied, the newer or terminal row when it was stale. It
-// returns errTie when the stored snapshot has the same time and different
-// content.
-func applySubscription(ctx context.Context, db DBTX, sub *stripeapi.Subscription, at time.Time, source string) (SubscriptionView, error) {
-	v := SubscriptionView{ID: sub.ID}
-	err := db.QueryRow(ctx, upsertSubscription, sub.ID, sub.CustomerID, sub.Status, nullString(sub.PriceID),
-		nullTime(sub.CurrentPeriodEnd), sub.CancelAtPeriodEnd, at, source).
-		Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd)
-	if err == nil {
-		return v, nil
+// subscriptionWrite is what queueApplySubscription's statement did, once
+// its batch ran.
+type subscriptionWrite struct {
+	// view is the subscription as stored afterwards: the snapshot when it
+	// was applied, the newer or terminal row when it was stale.
+	view SubscriptionView
+	// tie is set when the stored snapshot has the same Stripe time and
+	// different content: the order is unknown (see errTie).
+	tie bool
+}
+
+// queueApplySubscription queues the upsert of sub as of at (an event's
+// created time, or the moment it was fetched) from source (the event id,
+// or "api").
+func queueApplySubscription(b *pgx.Batch, sub *stripeapi.Subscription, at time.Time, source string) *subscriptionWrite {
+	w := &subscriptionWrite{view: SubscriptionView{ID: sub.ID}}
+	b.Queue(upsertSubscription, sub.ID, sub.CustomerID, sub.Status, nullString(sub.PriceID),
+		nullTime(sub.CurrentPeriodEnd), sub.CancelAtPeriodEnd, at, source).Fn = func(br pgx.BatchResults) error {
+		var applied bool
+		var storedAt *time.Time
+		var storedSource *string
+		v := &w.view
+		err := br.QueryRow().Scan(&applied, &v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
+			&storedAt, &storedSource)
+		switch {
+		case isNoRows(err):
+			// Kept, but the row is not in this statement's snapshot: a
+			// writer for another customer (under another lock) inserted it
+			// meanwhile, and the customer check refused the update.
+			return nil
+		case err != nil:
+			return fmt.Errorf("upsert subscription %s: %w", sub.ID, err)
+		case applied:
+			return nil
+		}
+		w.tie = storedAt != nil && storedAt.Equal(at) && storedSource != nil && *storedSource != source &&
+			!stripeapi.Terminal(v.Status) && !sameSnapshot(*v, sub)
+		return nil
 	}
-	if !isNoRows(err) {
-		return v, fmt.Errorf("upsert subscription %s: %w", sub.ID, err)
-	}
-	const q = `SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, source_time, source
-FROM stripe_subscriptions WHERE stripe_subscription_id = $1`
-	var storedAt time.Time
-	var storedSource string
-	if err := db.QueryRow(ctx, q, sub.ID).Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
-		&storedAt, &storedSource); err != nil {
-		return v, fmt.Errorf("read subscription %s: %w", sub.ID, err)
-	}
-	if storedAt.Equal(at) && storedSource != source && !stripeapi.Terminal(v.Status) && !sameSnapshot(v, sub) {
-		return v, errTie
-	}
-	return v, nil // stale: the stored snapshot is newer or terminal
+	return w
 }
 
 func sameSnapshot(v SubscriptionView, s *stripeapi.Subscription) bool {

@@ -179,89 +179,121 @@ func (s *Service) fail(ctx context.Context, ev *stripeapi.Event, act *action, ca
 	return EventResult{Outcome: Failed}, cause
 }
 
+// errDuplicate rolls back a transaction that found, under the lock, its
+// event already done by another delivery (one that raced past the read
+// before the lock).
+var errDuplicate = errors.New("event already processed")
+
 // applyEvent runs the event's transaction. fresh, when set, is the
 // subscription as fetched from Stripe at freshAt and replaces the event's own.
 func (s *Service) applyEvent(ctx context.Context, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time, writer string) (EventResult, error) {
 	var res EventResult
-	err := s.locks.InCustomerTx(ctx, act.customerID, lockmgr.Who{Writer: writer, Ref: ev.ID}, func(ctx context.Context, tx pgx.Tx) error {
-		st, err := eventStatus(ctx, tx, ev.ID)
-		if err != nil {
-			return err
-		}
-		if st == StatusProcessed || st == StatusIgnored {
-			res = EventResult{Outcome: Duplicate}
-			return nil
-		}
-		note, err := s.apply(ctx, tx, ev, act, fresh, freshAt)
-		if err != nil {
-			return err
-		}
-		res = EventResult{Outcome: Processed, Note: note}
-		return markProcessed(ctx, tx, ev, act.customerID, note)
+	err := s.locks.InCustomerTx(ctx, act.customerID, lockmgr.Who{Writer: writer, Ref: ev.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
+		var err error
+		res, err = s.apply(ctx, tx, ev, act, fresh, freshAt)
+		return err
 	})
+	if errors.Is(err, errDuplicate) {
+		return EventResult{Outcome: Duplicate}, nil
+	}
 	return res, err
 }
 
-// apply makes the event's change inside its transaction and returns a note
-// for the ledger when part of it was refused.
-func (s *Service) apply(ctx context.Context, tx pgx.Tx, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time) (string, error) {
-	if err := ensureCustomer(ctx, tx, act.customerID); err != nil {
-		return "", err
-	}
+// apply makes the event's change and its processed mark in one or two
+// round trips. The first carries, behind BEGIN and the lock, the ledger
+// read, the customer row, the event's writes and, when nothing is left to
+// decide, the mark: a subscription or invoice event is one round trip and
+// COMMIT. It writes before it knows whether the ledger already has the
+// event, and rolls back if so (errDuplicate). An event that names a user
+// reads the mapping in that trip too; the second trip carries what the
+// mapping rules decide and the mark, with a note when a change was refused.
+func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time) (EventResult, error) {
+	b := &pgx.Batch{}
+	var status string
+	queueEventStatus(b, ev.ID, &status)
+	queueEnsureCustomer(b, act.customerID)
+	var sw *subscriptionWrite
 	switch {
-	case act.session != nil:
-		return s.linkFromWebhook(ctx, tx, ev, act.customerID, act.session.ClaimedUsers(), act.session.Created)
-
-	case act.customer != nil:
-		var note string
-		if u := act.customer.MetadataUserID; u != "" {
-			var err error
-			if note, err = s.linkFromWebhook(ctx, tx, ev, act.customerID, []string{u}, act.customer.Created); err != nil {
-				return "", err
-			}
-		}
-		if ev.Type == "customer.deleted" || act.customer.Deleted {
-			return note, markCustomerDeleted(ctx, tx, act.customerID)
-		}
-		return note, nil
-
+	case act.sub != nil && fresh != nil:
+		sw = queueApplySubscription(b, fresh, freshAt, "api")
 	case act.sub != nil:
-		if fresh != nil {
-			_, err := applySubscription(ctx, tx, fresh, freshAt, "api")
-			return "", err
-		}
-		_, err := applySubscription(ctx, tx, act.sub, ev.Created, ev.ID)
-		return "", err
-
+		sw = queueApplySubscription(b, act.sub, ev.Created, ev.ID)
 	case act.invoice != nil:
-		return "", applyInvoice(ctx, tx, act.invoice, ev.Created, ev.ID)
+		queueApplyInvoice(b, act.invoice, ev.Created, ev.ID)
 	}
-	return "", nil
-}
-
-// linkFromWebhook maps the user named by an event when nobody is mapped yet.
-// A webhook never re-points a mapping: a refusal is noted, not an error, so
-// Stripe does not retry what can never succeed.
-func (s *Service) linkFromWebhook(ctx context.Context, tx pgx.Tx, ev *stripeapi.Event, customerID string, users []string, at time.Time) (string, error) {
+	users, linkedAt := act.claimedUsers()
+	var note string
+	var found *[]linkRow
 	switch len(users) {
 	case 0:
-		return "", nil
 	case 1:
+		found = queueReadLink(b, act.customerID, users[0])
 	default:
-		return "mapping refused: the object names two different users", nil
+		note = "mapping refused: the object names two different users"
 	}
-	res, err := linkUser(ctx, tx, customerID, users[0], at, webhookLink)
+	deleted := act.customer != nil && (ev.Type == "customer.deleted" || act.customer.Deleted)
+	if found == nil {
+		if deleted {
+			queueMarkCustomerDeleted(b, act.customerID)
+		}
+		queueMarkProcessed(b, ev, act.customerID, note)
+	}
+	if err := tx.SendBatch(ctx, b); err != nil {
+		return EventResult{}, err
+	}
+	switch {
+	case status == StatusProcessed || status == StatusIgnored:
+		return EventResult{}, errDuplicate
+	case sw != nil && sw.tie:
+		return EventResult{}, errTie
+	case found == nil:
+		return EventResult{Outcome: Processed, Note: note}, nil
+	}
+
+	note, writes, err := s.webhookLink(ctx, ev, act.customerID, users[0], linkedAt, *found)
+	if err != nil {
+		return EventResult{}, err
+	}
+	b = &pgx.Batch{}
+	queueLinkWrites(b, writes)
+	if deleted {
+		queueMarkCustomerDeleted(b, act.customerID)
+	}
+	queueMarkProcessed(b, ev, act.customerID, note)
+	if err := tx.SendBatch(ctx, b); err != nil {
+		return EventResult{}, err
+	}
+	return EventResult{Outcome: Processed, Note: note}, nil
+}
+
+// claimedUsers lists the users the event's object names for its customer,
+// with the Stripe time of the object, for the mapping.
+func (a *action) claimedUsers() ([]string, time.Time) {
+	switch {
+	case a.session != nil:
+		return a.session.ClaimedUsers(), a.session.Created
+	case a.customer != nil && a.customer.MetadataUserID != "":
+		return []string{a.customer.MetadataUserID}, a.customer.Created
+	}
+	return nil, time.Time{}
+}
+
+// webhookLink decides a mapping named by an event: only when nobody is
+// mapped yet. A webhook never re-points a mapping: a refusal is a note, not
+// an error, so Stripe does not retry what can never succeed.
+func (s *Service) webhookLink(ctx context.Context, ev *stripeapi.Event, customerID, userID string, at time.Time, found []linkRow) (string, []linkWrite, error) {
+	res, writes, err := decideLink(customerID, userID, at, webhookLink, found)
 	switch {
 	case errors.Is(err, ErrCustomerClaimed):
 		s.log.WarnContext(ctx, "webhook names another user for a mapped customer; mapping kept",
 			slog.String("event_id", ev.ID), slog.String("customer", customerID))
-		return "mapping refused: customer is mapped to another user", nil
+		return "mapping refused: customer is mapped to another user", nil, nil
 	case err != nil:
-		return "", err
+		return "", nil, err
 	case res == LinkRefused:
-		return "mapping refused: user is mapped to another customer (the checkout-success call re-points)", nil
+		return "mapping refused: user is mapped to another customer (the checkout-success call re-points)", nil, nil
 	}
-	return "", nil
+	return "", writes, nil
 }
 
 // Handles reports whether lockstep acts on events of type t.

@@ -104,6 +104,8 @@ type Manager struct {
 	obs  Observer
 	log  *slog.Logger
 	line line
+
+	lockTimeout, statementTimeout string // as set_config takes them
 }
 
 // New returns a Manager. A nil observer or logger is allowed.
@@ -114,7 +116,8 @@ func New(pool *pgxpool.Pool, cfg Config, obs Observer, log *slog.Logger) *Manage
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{pool: pool, cfg: cfg, obs: obs, log: log, line: line{slots: map[string]*slot{}}}
+	return &Manager{pool: pool, cfg: cfg, obs: obs, log: log, line: line{slots: map[string]*slot{}},
+		lockTimeout: pgInterval(cfg.LockTimeout), statementTimeout: pgInterval(cfg.StatementTimeout)}
 }
 
 // Pool returns the pool the manager runs on, for reads that need no lock.
@@ -147,27 +150,19 @@ func (w Who) applicationName() string {
 	return s
 }
 
-// beginQuery sets the transaction's timeouts and name, then takes the
-// customer's lock, in one round trip. The set_config calls run first, so the
-// lock wait already obeys lock_timeout.
-const beginQuery = `
-SELECT set_config('lock_timeout', $1, true),
-       set_config('statement_timeout', $2, true),
-       set_config('application_name', $3, true),
-       pg_advisory_xact_lock(hashtext($4))`
-
 // InCustomerTx runs fn in a transaction that holds customerID's advisory
-// lock. The transaction is committed when fn returns nil and rolled back
-// otherwise (or on panic). Transient failures (see Classify) retry the whole
-// transaction with exponential backoff and jitter until RetryBudget is
-// spent or ctx is done; fn must therefore be safe to run again, and must not
-// call out of the database. An error fn marks with backoff.Permanent, or
+// lock from fn's first statement on (see Tx: BEGIN and the lock ride in
+// front of that statement, in its round trip). The transaction is committed
+// when fn returns nil and rolled back otherwise (or on panic). Transient
+// failures (see Classify) retry the whole transaction with exponential
+// backoff and jitter until RetryBudget is spent or ctx is done; fn must
+// therefore be safe to run again, and must not call out of the database. An error fn marks with backoff.Permanent, or
 // any permanent error, stops at once.
 //
 // Each attempt first queues in memory behind this Manager's other writers
 // for the same customer (see the package comment); a writer still queued
 // when the budget is spent gets ErrCustomerBusy.
-func (m *Manager) InCustomerTx(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error) error {
+func (m *Manager) InCustomerTx(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx *Tx) error) error {
 	if customerID == "" {
 		return ErrEmptyCustomer
 	}
@@ -230,58 +225,34 @@ func (e *RetryError) Error() string {
 
 func (e *RetryError) Unwrap() error { return e.Err }
 
-// attempt is one try: begin, lock, fn, commit. queued is when the attempt
-// began to wait for its turn, for the lock-wait figure.
-func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx pgx.Tx) error, queued time.Time) (err error) {
-	tx, err := m.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("begin: %w", err)
-	}
+// attempt is one try: begin and lock (with fn's first statements), fn,
+// commit. queued is when the attempt began to wait for its turn, for the
+// lock-wait figure.
+func (m *Manager) attempt(ctx context.Context, customerID string, who Who, fn func(ctx context.Context, tx *Tx) error, queued time.Time) (err error) {
+	tx := &Tx{m: m, customer: customerID, who: who, queued: queued}
 	defer func() {
 		if p := recover(); p != nil {
-			rollback(ctx, tx)
+			tx.rollback(ctx)
+			tx.observeHold()
 			panic(p)
 		}
 		if err != nil {
-			rollback(ctx, tx)
+			tx.rollback(ctx)
 		}
+		tx.observeHold()
 	}()
-
-	if _, err = tx.Exec(ctx, beginQuery,
-		pgInterval(m.cfg.LockTimeout), pgInterval(m.cfg.StatementTimeout),
-		who.applicationName(), customerID); err != nil {
-		// A wait that ended in lock_timeout is the worst wait: count it too.
-		m.obs.LockWaited(who.Writer, time.Since(queued))
-		return fmt.Errorf("lock customer %s: %w", customerID, err)
-	}
-	locked := time.Now()
-	m.obs.LockWaited(who.Writer, locked.Sub(queued))
-	defer func() { m.obs.LockHeld(who.Writer, time.Since(locked)) }()
-
 	if err = fn(ctx, tx); err != nil {
 		return err
 	}
-	if err = tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
-	}
-	return nil
+	return tx.commit(ctx)
 }
 
-// rollback ends tx even when the request's context is already cancelled.
-func rollback(ctx context.Context, tx pgx.Tx) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = tx.Rollback(ctx) // a failed rollback closes the connection; the pool replaces it
-}
-
-// LockUser takes the user's advisory lock inside a customer transaction.
-// Whoever rewrites a user's mapping takes it, always after the customer's
-// lock, so two writers never wait on each other in opposite orders.
-func LockUser(ctx context.Context, tx pgx.Tx, userID string) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, UserLockClass, userID); err != nil {
-		return fmt.Errorf("lock user: %w", err)
-	}
-	return nil
+// QueueLockUser queues the statement that takes the user's advisory lock.
+// Whoever rewrites a user's mapping takes it inside a customer transaction,
+// always after the customer's lock, so two writers never wait on each other
+// in opposite orders.
+func QueueLockUser(b *pgx.Batch, userID string) {
+	b.Queue(`SELECT pg_advisory_xact_lock($1, hashtext($2))`, UserLockClass, userID)
 }
 
 func pgInterval(d time.Duration) string {

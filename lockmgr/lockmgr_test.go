@@ -119,14 +119,14 @@ func TestFaultQueueBoundsConnectionsPerCustomer(t *testing.T) {
 		go func() {
 			start := time.Now()
 			err := m.InCustomerTx(context.Background(), stuck, lockmgr.Who{Writer: "webhook", Ref: fmt.Sprintf("evt_q%d", i)},
-				func(context.Context, pgx.Tx) error { return nil })
+				func(context.Context, *lockmgr.Tx) error { return nil })
 			results <- result{err, time.Since(start)}
 		}()
 	}
 	time.Sleep(100 * time.Millisecond)
 	start := time.Now()
 	if err := m.InCustomerTx(context.Background(), "cus_queue_other", lockmgr.Who{Writer: "webhook"},
-		func(context.Context, pgx.Tx) error { return nil }); err != nil {
+		func(context.Context, *lockmgr.Tx) error { return nil }); err != nil {
 		t.Fatalf("another customer's writer: %v", err)
 	}
 	other := time.Since(start)
@@ -186,7 +186,12 @@ func TestFaultQueueRunsOneAtATime(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := m.InCustomerTx(context.Background(), customer, lockmgr.Who{Writer: "webhook"}, func(ctx context.Context, tx pgx.Tx) error {
+			err := m.InCustomerTx(context.Background(), customer, lockmgr.Who{Writer: "webhook"}, func(ctx context.Context, tx *lockmgr.Tx) error {
+				// The first statement carries BEGIN and the lock: from
+				// its answer on, fn holds the customer.
+				if _, err := tx.Exec(ctx, `SELECT 1`); err != nil {
+					return err
+				}
 				if n := inside.Add(1); n > maxInside.Load() {
 					maxInside.Store(n)
 				}
@@ -243,7 +248,7 @@ func TestFaultQueueContextCancel(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = m.InCustomerTx(context.Background(), customer, lockmgr.Who{Writer: "webhook"}, func(context.Context, pgx.Tx) error { return nil })
+			_ = m.InCustomerTx(context.Background(), customer, lockmgr.Who{Writer: "webhook"}, func(context.Context, *lockmgr.Tx) error { return nil })
 		}()
 	}
 	deadline := time.Now().Add(10 * time.Second)
@@ -256,7 +261,7 @@ func TestFaultQueueContextCancel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err = m.InCustomerTx(ctx, customer, lockmgr.Who{Writer: "webhook"}, func(context.Context, pgx.Tx) error { return nil })
+	err = m.InCustomerTx(ctx, customer, lockmgr.Who{Writer: "webhook"}, func(context.Context, *lockmgr.Tx) error { return nil })
 	d := time.Since(start)
 	release()
 	wg.Wait()
@@ -286,7 +291,7 @@ func TestFaultTerminatedConnectionRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := 0
-	err = m.InCustomerTx(ctx, "cus_terminated", lockmgr.Who{Writer: "webhook", Ref: "evt_term"}, func(ctx context.Context, tx pgx.Tx) error {
+	err = m.InCustomerTx(ctx, "cus_terminated", lockmgr.Who{Writer: "webhook", Ref: "evt_term"}, func(ctx context.Context, tx *lockmgr.Tx) error {
 		calls++
 		if _, err := tx.Exec(ctx, `INSERT INTO lockmgr_test_applied VALUES (1)`); err != nil {
 			return err

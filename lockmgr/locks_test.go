@@ -223,7 +223,7 @@ func TestLocksApplicationName(t *testing.T) {
 		<-done
 	}()
 	go func() {
-		done <- m.InCustomerTx(ctx, customer, lockmgr.Who{Writer: "webhook", Ref: "evt_appname_1"}, func(ctx context.Context, tx pgx.Tx) error {
+		done <- m.InCustomerTx(ctx, customer, lockmgr.Who{Writer: "webhook", Ref: "evt_appname_1"}, func(ctx context.Context, tx *lockmgr.Tx) error {
 			var name string
 			if err := tx.QueryRow(ctx, `SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()`).Scan(&name); err != nil {
 				return err
