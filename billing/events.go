@@ -2,6 +2,7 @@ package billing
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 	"unicode/utf8"
@@ -63,7 +64,7 @@ ON CONFLICT (event_id) DO UPDATE SET
     status = 'processed', attempts = stripe_events.attempts + 1, last_error = excluded.last_error,
     processed_at = now(), updated_at = now()`
 	b.Queue(q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
-		nullString(note), string(ev.Payload)).Fn = func(br pgx.BatchResults) error {
+		nullString(note), json.RawMessage(ev.Payload)).Fn = func(br pgx.BatchResults) error {
 		if _, err := br.Exec(); err != nil {
 			return fmt.Errorf("mark event %s processed: %w", ev.ID, err)
 		}
@@ -79,7 +80,7 @@ INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stri
     attempts, last_error, payload, processed_at)
 VALUES ($1, $2, $3, $4, $5, 'ignored', 1, $6, $7, now())
 ON CONFLICT (event_id) DO NOTHING`
-	tag, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created, reason, string(ev.Payload))
+	tag, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created, reason, json.RawMessage(ev.Payload))
 	if err != nil {
 		return false, fmt.Errorf("record event %s ignored: %w", ev.ID, err)
 	}
@@ -100,7 +101,7 @@ WHERE stripe_events.status = 'failed'`
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if _, err := db.Exec(ctx, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
-		truncate(cause.Error(), maxErrorLen), string(ev.Payload)); err != nil {
+		truncate(cause.Error(), maxErrorLen), json.RawMessage(ev.Payload)); err != nil {
 		return fmt.Errorf("record event %s failed: %w", ev.ID, err)
 	}
 	return nil

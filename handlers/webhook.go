@@ -16,7 +16,7 @@ import (
 // processed exactly once; a transient failure that outlived the retry budget
 // answers 503 so Stripe redelivers it, and the ledger records it as failed.
 func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxWebhookBody))
+	body, err := readBody(w, r, MaxWebhookBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -72,4 +72,19 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		out["note"] = res.Note
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// readBody reads the request body, at most limit bytes (a longer one fails
+// with *http.MaxBytesError). A body that declares its length (net/http ends
+// it there) is read into one buffer of that size rather than a growing one.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n > 0 && n <= limit {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(body, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(body)
 }
