@@ -57,6 +57,7 @@ type Server struct {
 	customers     map[string]Customer
 	invoices      map[string]Invoice
 	requests      int
+	rendered      map[string][]byte // 200 answers by request, until the next Put
 	onRequest     func(r *http.Request)
 	delay         time.Duration
 	failLeft      int
@@ -137,6 +138,7 @@ func (s *Server) PutSession(sess Session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.sessions[sess.ID] = sess
+	clear(s.rendered)
 }
 
 // PutSubscription stores or replaces a subscription. A zero Created is set to
@@ -152,6 +154,7 @@ func (s *Server) PutSubscription(sub Subscription) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.subscriptions[sub.ID] = sub
+	clear(s.rendered)
 }
 
 // PutCustomer stores or replaces a customer. A zero Created is set to now.
@@ -163,6 +166,7 @@ func (s *Server) PutCustomer(c Customer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.customers[c.ID] = c
+	clear(s.rendered)
 }
 
 // PutInvoice stores or replaces an invoice. A zero Created is set to now.
@@ -173,6 +177,7 @@ func (s *Server) PutInvoice(inv Invoice) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.invoices[inv.ID] = inv
+	clear(s.rendered)
 }
 
 // Requests returns the number of API requests served so far, whatever their
@@ -280,6 +285,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, unrecognized)
 		return
 	}
+	// The same request answers the same bytes until an object changes:
+	// rendered once, so that a load against the fake measures lockstep.
+	key := apiVersion + " " + r.URL.Path + "?" + r.URL.RawQuery
+	s.mu.Lock()
+	cached, ok := s.rendered[key]
+	s.mu.Unlock()
+	if ok {
+		writeRendered(w, http.StatusOK, cached)
+		return
+	}
 	expand := expansions(r)
 
 	var (
@@ -306,7 +321,20 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, *apiErr)
 		return
 	}
-	writeJSON(w, status, obj)
+	b, err := render(obj)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	if status == http.StatusOK {
+		s.mu.Lock()
+		if s.rendered == nil {
+			s.rendered = map[string][]byte{}
+		}
+		s.rendered[key] = b
+		s.mu.Unlock()
+	}
+	writeRendered(w, status, b)
 }
 
 // route maps a path to the resource it names and the id in it.
@@ -461,12 +489,22 @@ func writeError(w http.ResponseWriter, status int, e stripeError) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.MarshalIndent(v, "", "  ")
+	b, err := render(v)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
+	writeRendered(w, status, b)
+}
+
+// render is an answer's body as Stripe writes it: indented, with a newline.
+func render(v any) ([]byte, error) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	return append(b, '\n'), err
+}
+
+func writeRendered(w http.ResponseWriter, status int, b []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b)
 }

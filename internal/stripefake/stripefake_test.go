@@ -696,3 +696,38 @@ func hexString(b []byte) string {
 	}
 	return string(out)
 }
+
+// Answers are rendered once per request, and a Put of any object changes
+// them: an expanded session shows its subscription's new status.
+func TestAnswersFollowPuts(t *testing.T) {
+	s := New(t)
+	seed(s)
+	api := newClient(s)
+	get := func() string {
+		t.Helper()
+		params := &stripe.CheckoutSessionParams{}
+		params.AddExpand("subscription")
+		sess, err := api.CheckoutSessions.Get("cs_test_A", params)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(sess.Subscription.Status)
+	}
+	if st := get(); st != "active" || get() != "active" {
+		t.Fatalf("status %q, want active twice", st)
+	}
+	s.PutSubscription(Subscription{ID: "sub_A", Customer: "cus_A", Status: "past_due", PriceID: "price_pro",
+		CurrentPeriodEnd: periodEnd, Created: t0})
+	if st := get(); st != "past_due" {
+		t.Errorf("after PutSubscription: status %q, want past_due", st)
+	}
+	s.PutSession(Session{ID: "cs_test_A", Customer: "cus_A", Subscription: "sub_A", ClientReferenceID: "u1",
+		Status: "expired", PaymentStatus: "unpaid", Created: t0})
+	sess, err := api.CheckoutSessions.Get("cs_test_A", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sess.Status != "expired" {
+		t.Errorf("after PutSession: status %q, want expired", sess.Status)
+	}
+}
