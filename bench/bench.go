@@ -3,9 +3,11 @@
 // a duration and a request count, and in the same run measures the
 // reference: the SQL transaction one event costs, driven straight at
 // PostgreSQL with pgbench (scripts/pgbench/event.sql) at the same
-// concurrency. It prints throughput, latency percentiles, lock waits (from
-// lockstep's /metrics), errors by status and memory, lockstep's rate as a
-// ratio of the reference's, and writes a Markdown report and a PNG chart.
+// concurrency, in the round trips lockstep sends it in and again one
+// statement per round trip. It prints throughput, latency percentiles, lock
+// waits (from lockstep's /metrics), errors by status and memory, lockstep's
+// rate as a ratio of each reference's, and writes a Markdown report and a
+// PNG chart.
 package bench
 
 import (
@@ -45,6 +47,7 @@ type Options struct {
 	Target       string
 	StripeListen string
 	Reference    bool
+	Stepwise     bool
 	Pgbench      string
 	Rounds       int
 	Scratch      bool
@@ -62,9 +65,14 @@ after another; each level stops at -duration or -events, whichever comes first.
 After each level it runs the reference: scripts/pgbench/event.sql, the same SQL
 transaction one event costs, driven by pgbench at the same concurrency against a
 scratch database (lockstep's schema, created on the DATABASE_URL server and
-dropped at the end). It prints throughput, p50/p95/p99 latency of webhooks and
-success calls, lock wait p99 (lockstep_lock_wait_seconds), errors by status,
-peak memory, and lockstep's rate as a ratio of pgbench's.
+dropped at the end). event.sql sends it in lockstep's round trips (BEGIN, the
+lock and the event's statements pipelined in one, then COMMIT); with -stepwise
+(the default) pgbench then runs the same statements again one per round trip, as
+a plain client runs a transaction. It prints throughput, p50/p95/p99 latency of
+webhooks and success calls, lock wait p99 (lockstep_lock_wait_seconds), errors
+by status, peak memory, and lockstep's rate as a ratio of pgbench's: "ratio"
+against the pipelined mirror, "ratio, one statement per round trip" against the
+stepwise run.
 
 Without -target (the default) it starts lockstep in this process on
 127.0.0.1:0 against DATABASE_URL (migrating it first), with a fake Stripe API,
@@ -105,7 +113,8 @@ func ParseArgs(args []string, out io.Writer) (*Options, error) {
 	fs.StringVar(&o.Out, "out", "", "write report.md and chart.png into this directory")
 	fs.StringVar(&o.Target, "target", "", "base URL of a running lockstep (default: start one in this process)")
 	fs.StringVar(&o.StripeListen, "stripe-listen", "127.0.0.1:12112", "with -target: address of the fake Stripe API the target must use as STRIPE_API_BASE")
-	fs.BoolVar(&o.Reference, "reference", true, "run the pgbench reference after each level")
+	fs.BoolVar(&o.Reference, "reference", true, "run the pgbench reference after each level (false: neither event.sql run)")
+	fs.BoolVar(&o.Stepwise, "stepwise", true, "with the reference: also run event.sql one statement per round trip (without its pipeline), and report lockstep's ratio to that too")
 	fs.StringVar(&o.Pgbench, "pgbench", "pgbench", "pgbench binary")
 	fs.IntVar(&o.Rounds, "rounds", 2, "split each level into this many rounds of lockstep then pgbench, alternating, so drifting machine load weighs on both")
 	fs.BoolVar(&o.Scratch, "scratch", false, "in-process: run lockstep on a database of its own, created on the DATABASE_URL server and dropped at the end, as the reference's is")
@@ -232,7 +241,9 @@ type Level struct {
 	DB                       *DBWork
 	Memory                   Memory
 	// CPU is the CPU time per request while the level ran.
-	CPU          CPU
+	CPU CPU
+	// Reference is pgbench running event.sql as lockstep runs the
+	// transaction: pipelined, in the same round trips.
 	Reference    *Reference
 	ReferenceErr string
 	// ReferenceRetries counts reference runs that failed and were run again.
@@ -240,6 +251,13 @@ type Level struct {
 	// Ratio is lockstep's rate over the reference's: every request in
 	// spread and hot mode, webhooks only under -storm.
 	Ratio float64
+	// Stepwise is pgbench running the same statements one per round trip
+	// (-stepwise); StepwiseErr, StepwiseRetries and StepwiseRatio are its
+	// ReferenceErr, ReferenceRetries and Ratio.
+	Stepwise        *Reference
+	StepwiseErr     string
+	StepwiseRetries int
+	StepwiseRatio   float64
 }
 
 // Seconds are figures in seconds by name; NaN (no observation) is written
@@ -339,7 +357,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				fmt.Fprintf(cfg.Progress, "bench: could not drop the reference database %s: %v\n", ref.name, err)
 			}
 		}()
-		fmt.Fprintf(cfg.Stdout, "reference: pgbench on scratch database %s (dropped at the end)\n", ref.name)
+		fmt.Fprintf(cfg.Stdout, "reference: pgbench on scratch database %s (dropped at the end): %s\n", ref.name, describeReferences(cfg))
 	} else if cfg.Reference {
 		rep.Notes = append(rep.Notes, "no reference: DATABASE_URL is not set")
 		fmt.Fprintln(cfg.Stdout, "reference: none (DATABASE_URL is not set)")
@@ -354,7 +372,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			customers = 1
 		}
 		refRun = &refRunner{path: pgbenchPath, url: ref.url, threads: rep.Machine.CPUs,
-			customers: customers, payload: w.samplePayload()}
+			customers: customers, payload: w.samplePayload(), stepwise: cfg.Stepwise}
 	}
 	mon := newMonitor(rep.PID, rep.Started)
 	var total int64
@@ -401,16 +419,87 @@ func lookPath(name string) (string, error) {
 	return execLookPath(name)
 }
 
-// refRunner runs the reference after each round of a level.
+// refRunner runs the references after each round of a level.
 type refRunner struct {
 	path, url string
 	threads   int
 	customers int
 	payload   []byte
+	stepwise  bool // run stepwiseScript after mirrorScript
+}
+
+// levelRefs are the references of one level, nil when not run: the
+// pipelined mirror and the stepwise run.
+func (r *refRunner) levelRefs() (mirror, stepwise *refRounds) {
+	if r == nil {
+		return nil, nil
+	}
+	mirror = &refRounds{name: "reference", script: mirrorScript}
+	if r.stepwise {
+		stepwise = &refRounds{name: "stepwise reference", script: stepwiseScript}
+	}
+	return mirror, stepwise
+}
+
+// pgbench is a run of script with c clients for d.
+func (r *refRunner) pgbench(script refScript, c int, d time.Duration) pgbenchRun {
+	return pgbenchRun{Path: r.path, Script: script, DBURL: r.url, Clients: c, Threads: r.threads,
+		Duration: d, Customers: r.customers, Payload: r.payload}
+}
+
+// refRounds gathers one reference's runs over a level's rounds.
+type refRounds struct {
+	name    string // for the progress lines
+	script  refScript
+	runs    []*Reference
+	retries int    // runs that failed and were run again
+	err     string // the run that failed twice; the reference stops there
+}
+
+// run runs the reference for a round, unless it has failed already.
+func (rr *refRounds) run(ctx context.Context, progress io.Writer, pr pgbenchRun) {
+	if rr == nil || rr.err != "" {
+		return
+	}
+	r, err := pr.run(ctx)
+	if err != nil && ctx.Err() == nil {
+		// pgbench aborts a client on any error, a lock_timeout on a
+		// machine that stalled included, where lockstep retries: try
+		// the round once more before giving up on the reference.
+		fmt.Fprintf(progress, "bench: %s failed, running it again: %v\n", rr.name, err)
+		rr.retries++
+		r, err = pr.run(ctx)
+	}
+	if err != nil {
+		rr.err, rr.runs = err.Error(), nil
+		return
+	}
+	rr.runs = append(rr.runs, r)
+}
+
+// result is the reference over the level's rounds (nil when it failed or
+// never ran), its error and its retries.
+func (rr *refRounds) result() (*Reference, string, int) {
+	if rr == nil {
+		return nil, "", 0
+	}
+	var ref *Reference
+	if len(rr.runs) > 0 {
+		ref = CombineReferences(rr.runs)
+	}
+	return ref, rr.err, rr.retries
+}
+
+// ratio is rate over the reference's (0 without one).
+func ratio(rate float64, ref *Reference) float64 {
+	if ref == nil || ref.TPS <= 0 {
+		return 0
+	}
+	return rate / ref.TPS
 }
 
 // runLevel runs one concurrency level: Rounds rounds, each a share of the
-// duration (and of the request cap) of lockstep and then as long of the
+// duration (and of the request cap) of lockstep and then as long of each
 // reference, so that a machine whose load drifts (other tenants) weighs on
 // both sides alike.
 func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mon *monitor, total *int64, ref *refRunner) (Level, error) {
@@ -426,7 +515,7 @@ func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mo
 	rounds := max(1, cfg.Rounds)
 	tl := newTally()
 	var cpu cpuSum
-	var refs []*Reference
+	mirror, stepwise := ref.levelRefs()
 	for i := range rounds {
 		if ctx.Err() != nil {
 			break
@@ -458,23 +547,9 @@ func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mo
 		tl.merge(part)
 		lvl.Elapsed += elapsed
 
-		if ref != nil && ctx.Err() == nil {
-			pr := pgbenchRun{Path: ref.path, DBURL: ref.url, Clients: c, Threads: ref.threads,
-				Duration: elapsed, Customers: ref.customers, Payload: ref.payload}
-			rr, err := pr.run(ctx)
-			if err != nil && ctx.Err() == nil {
-				// pgbench aborts a client on any error, a lock_timeout on a
-				// machine that stalled included, where lockstep retries: try
-				// the round once more before giving up on the reference.
-				fmt.Fprintf(cfg.Progress, "bench: reference failed, running it again: %v\n", err)
-				lvl.ReferenceRetries++
-				rr, err = pr.run(ctx)
-			}
-			if err != nil {
-				lvl.ReferenceErr = err.Error()
-				ref, refs = nil, nil
-			} else {
-				refs = append(refs, rr)
+		for _, rr := range []*refRounds{mirror, stepwise} {
+			if rr != nil && ctx.Err() == nil {
+				rr.run(ctx, cfg.Progress, ref.pgbench(rr.script, c, elapsed))
 			}
 		}
 	}
@@ -525,16 +600,13 @@ func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mo
 	if mon.pid > 0 {
 		lvl.Memory, _ = readMemory(mon.pid)
 	}
-	if len(refs) > 0 {
-		lvl.Reference = CombineReferences(refs)
-		rate := lvl.RPS
-		if cfg.Storm {
-			rate = lvl.WebhookRPS
-		}
-		if lvl.Reference.TPS > 0 {
-			lvl.Ratio = rate / lvl.Reference.TPS
-		}
+	rate := lvl.RPS
+	if cfg.Storm {
+		rate = lvl.WebhookRPS
 	}
+	lvl.Reference, lvl.ReferenceErr, lvl.ReferenceRetries = mirror.result()
+	lvl.Stepwise, lvl.StepwiseErr, lvl.StepwiseRetries = stepwise.result()
+	lvl.Ratio, lvl.StepwiseRatio = ratio(rate, lvl.Reference), ratio(rate, lvl.Stepwise)
 	return lvl, nil
 }
 
@@ -611,6 +683,15 @@ func describeLoad(cfg Config) string {
 	}
 	if cfg.Rounds > 1 {
 		s += fmt.Sprintf(", in %d rounds alternating with the reference", cfg.Rounds)
+	}
+	return s
+}
+
+// describeReferences says what the reference runs.
+func describeReferences(cfg Config) string {
+	s := "event.sql pipelined as lockstep sends it"
+	if cfg.Stepwise {
+		s += ", then the same statements one per round trip"
 	}
 	return s
 }

@@ -5,15 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"image/png"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/internal/stripefake"
+	"github.com/lockstep/lockstep/scripts/pgbench"
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -257,8 +262,12 @@ func TestParseArgs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Mode() != "hot" || o.Events != 500 || o.Target != "http://127.0.0.1:8080" || o.Customers != 1000 || o.Duration != 10*time.Second {
+	if o.Mode() != "hot" || o.Events != 500 || o.Target != "http://127.0.0.1:8080" || o.Customers != 1000 || o.Duration != 10*time.Second ||
+		!o.Reference || !o.Stepwise {
 		t.Errorf("options: %+v", o)
+	}
+	if o, err := ParseArgs([]string{"-stepwise=false"}, io.Discard); err != nil || !o.Reference || o.Stepwise {
+		t.Errorf("-stepwise=false: %+v, %v", o, err)
 	}
 	var help bytes.Buffer
 	if _, err := ParseArgs([]string{"-h"}, &help); !errors.Is(err, flag.ErrHelp) || !strings.Contains(help.String(), "STRIPE_API_BASE") {
@@ -341,6 +350,9 @@ func TestChartAndMarkdown(t *testing.T) {
 		}
 		rep.Levels = append(rep.Levels, lvl)
 	}
+	if hasStepwise(rep) {
+		t.Error("no level ran the stepwise reference, yet hasStepwise")
+	}
 	b, err := Chart(rep)
 	if err != nil {
 		t.Fatal(err)
@@ -357,6 +369,119 @@ func TestChartAndMarkdown(t *testing.T) {
 	for _, want := range []string{"| 16 | 1200 |", "0.67", "chart.png", "pgbench: exit status 1"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	for _, unwanted := range []string{"stepwise", "one statement per round trip"} {
+		if strings.Contains(md, unwanted) {
+			t.Errorf("report without a stepwise reference mentions %q:\n%s", unwanted, md)
+		}
+	}
+	var out bytes.Buffer
+	printSummary(&out, rep)
+	if strings.Contains(out.String(), "step") {
+		t.Errorf("summary without a stepwise reference has its columns:\n%s", out.String())
+	}
+}
+
+// stepwiseReport has both references at every level but where one failed.
+func stepwiseReport() *Report {
+	rep := &Report{
+		Config: Config{Options: Options{Customers: 1000, Concurrency: []int{1, 4, 16}, Duration: 4 * time.Second, Dup: 0.2, Success: 0.1,
+			Reference: true, Stepwise: true}, Command: "lockstep bench", InProcess: true},
+		Run: "abcd",
+	}
+	for i, c := range []int{1, 4, 16} {
+		lvl := Level{Concurrency: c, RPS: float64(500 * (i + 1)), Requests: 100, Elapsed: time.Second,
+			Webhook:     Latencies{N: 90, P50: time.Millisecond, P99: time.Duration(i+2) * time.Millisecond},
+			Success:     Latencies{N: 10, P99: 5 * time.Millisecond},
+			LockWaitP99: Seconds{"": 0.001}, LockHoldP99: Seconds{"": math.NaN()},
+			CPU: CPU{Machine: 400 * time.Microsecond, Process: 200 * time.Microsecond, DB: 100 * time.Microsecond}}
+		if i != 1 { // the middle level's pipelined reference failed
+			lvl.Reference = &Reference{TPS: float64(1000 * (i + 1)), Transactions: 4000, Rounds: 2, Command: "pgbench -f scripts/pgbench/event.sql",
+				Latencies: Latencies{N: 5, P99: 2 * time.Millisecond}, CPU: CPU{Machine: 150 * time.Microsecond, Process: 30 * time.Microsecond}}
+			lvl.Ratio = lvl.RPS / lvl.Reference.TPS
+		} else {
+			lvl.ReferenceErr = "pgbench: exit status 2"
+			lvl.ReferenceRetries = 1
+		}
+		if i != 2 { // the last level's stepwise reference failed
+			lvl.Stepwise = &Reference{TPS: float64(625 * (i + 1)), Transactions: 2500, Rounds: 2, Command: "pgbench -f '<stepwise>'",
+				Latencies: Latencies{N: 5, P99: 3 * time.Millisecond}, CPU: CPU{Machine: 250 * time.Microsecond, Process: 70 * time.Microsecond}}
+			lvl.StepwiseRatio = lvl.RPS / lvl.Stepwise.TPS
+		} else {
+			lvl.StepwiseErr = "pgbench: exit status 3"
+			lvl.StepwiseRetries = 1
+		}
+		rep.Levels = append(rep.Levels, lvl)
+	}
+	return rep
+}
+
+func TestReportStepwise(t *testing.T) {
+	t.Parallel()
+	rep := stepwiseReport()
+	b, err := Chart(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := png.Decode(bytes.NewReader(b)); err != nil {
+		t.Fatalf("chart: %v", err)
+	}
+	js, err := json.Marshal(rep)
+	if err != nil || !bytes.Contains(js, []byte(`"StepwiseRatio":0.8`)) || !bytes.Contains(js, []byte(`"StepwiseErr":"pgbench: exit status 3"`)) {
+		t.Errorf("report JSON: %v\n%s", err, js)
+	}
+
+	md := Markdown(rep)
+	for _, want := range []string{
+		"| stepwise tx/s | stepwise p50 | p95 | p99 | ratio | ratio, one statement per round trip | errors |",
+		"|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n| 1 |",
+		"| 1 | 500 |",                    // both references
+		"| - | - | - | - | 1250 |",       // c=4: the pipelined one failed, the stepwise one ran
+		"| 2.0 | - | - | - | - | 0.50 |", // c=16: the stepwise one failed
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	for _, want := range []string{
+		"| 0.50 | 0.80 | 0 |", "| 0.50 | - | 0 |", "| - | 0.80 | 0 |",
+		"| ratio | 0.50 (lockstep requests/s ÷ pgbench tx/s) |",
+		"| ratio, one statement per round trip | 0.80 (lockstep requests/s ÷ pgbench tx/s, one statement per round trip) |",
+		"| reference | failed: pgbench: exit status 2 |", "| reference retries | 1 run(s)",
+		"| stepwise reference | failed: pgbench: exit status 3 |", "| stepwise reference retries | 1 run(s)",
+		"The reference ran 2 times, after each round of lockstep:\n\n```\npgbench -f scripts/pgbench/event.sql\n```",
+		"The stepwise reference ran 2 times, after each round of lockstep:\n\n```\npgbench -f '<stepwise>'\n```",
+		"stepwise per transaction: pgbench 70 µs",
+		"- The stepwise reference runs",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+
+	var out bytes.Buffer
+	printLevel(&out, rep.Config, &rep.Levels[0])
+	for _, want := range []string{
+		"  reference  pgbench 1000 tx/s", "  stepwise   pgbench 625 tx/s",
+		"  ratio      0.50 (lockstep requests/s ÷ pgbench tx/s)\n",
+		"  ratio      0.80 (lockstep requests/s ÷ pgbench tx/s, one statement per round trip)\n",
+		"; reference per transaction: pgbench 30 µs", "; stepwise per transaction: pgbench 70 µs",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("level lacks %q:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	printLevel(&out, rep.Config, &rep.Levels[2])
+	if s := out.String(); !strings.Contains(s, "  stepwise   failed: pgbench: exit status 3") || !strings.Contains(s, "  ratio      0.50 ") || strings.Count(s, "  ratio ") != 1 {
+		t.Errorf("level with a failed stepwise reference:\n%s", s)
+	}
+	out.Reset()
+	printSummary(&out, rep)
+	for _, want := range []string{"  stepwise   p99 ms", "step ratio", "   0.50       0.80       0\n", "step ratio: against pgbench one statement per round trip"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, out.String())
 		}
 	}
 }
@@ -377,5 +502,85 @@ func TestCombineReferences(t *testing.T) {
 	}
 	if got.CPU.Machine != 175*time.Microsecond || got.CPU.Process != 25*time.Microsecond {
 		t.Errorf("cpu: %+v", got.CPU)
+	}
+}
+
+// fakePgbench writes a pgbench that fails its first fails runs, then prints
+// pgbench15's summary; each run copies the script it was given to
+// script.N in dir.
+func fakePgbench(t *testing.T, fails int) (path, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	path = filepath.Join(dir, "pgbench")
+	sh := fmt.Sprintf(`#!/bin/sh
+d=%q
+n=$(($(cat "$d/count" 2>/dev/null || echo 0) + 1))
+echo $n > "$d/count"
+while [ $# -gt 0 ]; do
+	if [ "$1" = -f ]; then cp "$2" "$d/script.$n"; fi
+	shift
+done
+if [ $n -le %d ]; then echo "pgbench: error: client 0 aborted" >&2; exit 2; fi
+cat <<'OUT'
+%sOUT
+`, dir, fails, pgbench15)
+	if err := os.WriteFile(path, []byte(sh), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return path, dir
+}
+
+// Both references share one path: a failed run is run once more, and a
+// reference that fails twice stops, alone.
+func TestRefRoundsRetry(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	path, dir := fakePgbench(t, 1)
+	runner := &refRunner{path: path, url: "postgres://u@127.0.0.1:1/fake_ref", threads: 2, customers: 10, payload: []byte("{}"), stepwise: true}
+	mirror, stepwise := runner.levelRefs()
+	if mirror == nil || stepwise == nil || mirror.script != mirrorScript || stepwise.script != stepwiseScript {
+		t.Fatalf("levelRefs = %+v, %+v", mirror, stepwise)
+	}
+	var progress bytes.Buffer
+	stepwise.run(ctx, &progress, runner.pgbench(stepwise.script, 4, time.Second))
+	ref, errMsg, retries := stepwise.result()
+	if ref == nil || ref.TPS != 3852.630473 || errMsg != "" || retries != 1 {
+		t.Fatalf("after one failure: %+v, %q, %d retries", ref, errMsg, retries)
+	}
+	if !strings.Contains(progress.String(), "bench: stepwise reference failed, running it again") {
+		t.Errorf("progress: %q", progress.String())
+	}
+	if !strings.Contains(ref.Command, `'<scripts/pgbench/event.sql without \startpipeline and \endpipeline>'`) || !strings.Contains(ref.Command, "-c 4 -j 2 -T 1") {
+		t.Errorf("command: %s", ref.Command)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "script.2")); err != nil || string(got) != pgbench.EventStepwiseSQL {
+		t.Errorf("pgbench ran %q (%v), want the stepwise script", got, err)
+	}
+	if r := ratio(1926.3152365, ref); math.Abs(r-0.5) > 1e-9 {
+		t.Errorf("ratio = %v, want 0.5", r)
+	}
+
+	failing, _ := fakePgbench(t, 100)
+	runner.path = failing
+	for range 3 {
+		mirror.run(ctx, io.Discard, runner.pgbench(mirror.script, 4, time.Second))
+	}
+	if ref, errMsg, retries := mirror.result(); ref != nil || !strings.Contains(errMsg, "exit status 2") || retries != 1 {
+		t.Errorf("failing twice: %+v, %q, %d retries; want no reference, the error, 1 retry", ref, errMsg, retries)
+	}
+	if ref, errMsg, retries := (*refRounds)(nil).result(); ref != nil || errMsg != "" || retries != 0 || ratio(1, nil) != 0 {
+		t.Error("no reference must give nothing")
+	}
+	if m, s := (&refRunner{}).levelRefs(); m == nil || s != nil {
+		t.Errorf("without -stepwise: %+v, %+v", m, s)
+	}
+}
+
+func TestSpreadLabels(t *testing.T) {
+	t.Parallel()
+	got := spreadLabels([]valueLabel{{text: "c", y: 105}, {text: "a", y: 100}, {text: "far", y: 200}, {text: "b", y: 101}}, 13)
+	want := []valueLabel{{text: "a", y: 100}, {text: "b", y: 113}, {text: "c", y: 126}, {text: "far", y: 200}}
+	if !slices.Equal(got, want) {
+		t.Errorf("spreadLabels = %+v, want %+v", got, want)
 	}
 }

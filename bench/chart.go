@@ -8,6 +8,7 @@ import (
 	"image/draw"
 	"image/png"
 	"math"
+	"slices"
 	"strconv"
 
 	"golang.org/x/image/font"
@@ -19,6 +20,7 @@ var (
 	colLockstep = color.RGBA{0x1f, 0x5f, 0xb4, 0xff}
 	colSuccess  = color.RGBA{0x2c, 0xa0, 0x2c, 0xff}
 	colRef      = color.RGBA{0xe0, 0x70, 0x0e, 0xff}
+	colStepwise = color.RGBA{0x94, 0x67, 0xbd, 0xff}
 	colAxis     = color.RGBA{0x33, 0x33, 0x33, 0xff}
 	colGrid     = color.RGBA{0xe4, 0xe4, 0xe4, 0xff}
 	colText     = color.RGBA{0x11, 0x11, 0x11, 0xff}
@@ -37,7 +39,8 @@ type panel struct {
 }
 
 // Chart draws throughput and p99 latency against concurrency, lockstep
-// beside the reference, as a PNG.
+// beside the references (pipelined, and one statement per round trip), as a
+// PNG.
 func Chart(rep *Report) ([]byte, error) {
 	const w, h = 1100, 480
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
@@ -48,11 +51,13 @@ func Chart(rep *Report) ([]byte, error) {
 	if rep.Config.Storm {
 		rate.name = "lockstep webhooks/s"
 	}
-	refRate := series{name: "pgbench tx/s (reference)", color: colRef}
+	refRate := series{name: "pgbench tx/s, pipelined as lockstep (reference)", color: colRef}
+	stepRate := series{name: "pgbench tx/s, one statement per round trip", color: colStepwise}
 	p99 := series{name: "lockstep webhook p99", color: colLockstep}
 	succP99 := series{name: "lockstep success p99", color: colSuccess}
-	refP99 := series{name: "pgbench p99", color: colRef}
-	hasSuccess, hasRef := false, false
+	refP99 := series{name: "pgbench p99, pipelined as lockstep (reference)", color: colRef}
+	stepP99 := series{name: "pgbench p99, one statement per round trip", color: colStepwise}
+	hasSuccess := false
 	for i, l := range rep.Levels {
 		xs[i] = strconv.Itoa(l.Concurrency)
 		r := l.RPS
@@ -63,35 +68,50 @@ func Chart(rep *Report) ([]byte, error) {
 		p99.ys = append(p99.ys, msFloat(l.Webhook.P99, l.Webhook.N))
 		succP99.ys = append(succP99.ys, msFloat(l.Success.P99, l.Success.N))
 		hasSuccess = hasSuccess || l.Success.N > 0
-		if l.Reference != nil {
-			hasRef = true
-			refRate.ys = append(refRate.ys, l.Reference.TPS)
-			refP99.ys = append(refP99.ys, msFloat(l.Reference.Latencies.P99, l.Reference.Latencies.N))
-		} else {
-			refRate.ys = append(refRate.ys, math.NaN())
-			refP99.ys = append(refP99.ys, math.NaN())
-		}
 	}
 	left := panel{title: "throughput (per second)", series: []series{rate}}
 	right := panel{title: "p99 latency (ms)", series: []series{p99}}
 	if hasSuccess {
 		right.series = append(right.series, succP99)
 	}
-	if hasRef {
+	if refSeries(rep.Levels, func(l *Level) *Reference { return l.Reference }, &refRate, &refP99) {
 		left.series = append(left.series, refRate)
 		right.series = append(right.series, refP99)
+	}
+	if refSeries(rep.Levels, func(l *Level) *Reference { return l.Stepwise }, &stepRate, &stepP99) {
+		left.series = append(left.series, stepRate)
+		right.series = append(right.series, stepP99)
 	}
 
 	title := fmt.Sprintf("lockstep bench, %s: %s", rep.Config.Mode(), chartSubtitle(rep))
 	drawText(img, title, 20, 22, colText)
-	drawPanel(img, image.Rect(10, 36, w/2-5, h-5), left, xs)
-	drawPanel(img, image.Rect(w/2+5, 36, w-10, h-5), right, xs)
+	legend := max(len(left.series), len(right.series))
+	drawPanel(img, image.Rect(10, 36, w/2-5, h-5), left, xs, legend)
+	drawPanel(img, image.Rect(w/2+5, 36, w-10, h-5), right, xs, legend)
 
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// refSeries fills a reference's throughput and p99 series, a point per
+// level (NaN where it did not run), and says whether it ran at any level.
+func refSeries(levels []Level, of func(*Level) *Reference, rate, p99 *series) bool {
+	ran := false
+	for i := range levels {
+		r := of(&levels[i])
+		if r == nil {
+			rate.ys = append(rate.ys, math.NaN())
+			p99.ys = append(p99.ys, math.NaN())
+			continue
+		}
+		ran = true
+		rate.ys = append(rate.ys, r.TPS)
+		p99.ys = append(p99.ys, msFloat(r.Latencies.P99, r.Latencies.N))
+	}
+	return ran
 }
 
 func chartSubtitle(rep *Report) string {
@@ -111,8 +131,11 @@ func msFloat(d interface{ Nanoseconds() int64 }, n int) float64 {
 	return float64(d.Nanoseconds()) / 1e6
 }
 
-func drawPanel(img *image.RGBA, r image.Rectangle, p panel, xs []string) {
-	const padLeft, padRight, padTop, padBottom = 62, 16, 58, 40
+// drawPanel draws a panel in r, with room above the plot for a legend of
+// legendRows lines (the most of any panel, so that side by side plots line up).
+func drawPanel(img *image.RGBA, r image.Rectangle, p panel, xs []string, legendRows int) {
+	const padLeft, padRight, padBottom = 62, 16, 40
+	padTop := max(58, 31+13*legendRows)
 	plot := image.Rect(r.Min.X+padLeft, r.Min.Y+padTop, r.Max.X-padRight, r.Max.Y-padBottom)
 	drawText(img, p.title, r.Min.X+padLeft, r.Min.Y+14, colText)
 	// Legend, one entry per line under the title.
@@ -171,18 +194,37 @@ func drawPanel(img *image.RGBA, r image.Rectangle, p panel, xs []string) {
 			prevX, prevY, have = x, y, true
 		}
 	}
-	// Values next to the points of the first series and the reference.
-	for _, s := range p.series {
-		for i, v := range s.ys {
-			if math.IsNaN(v) {
-				continue
+	// Values next to the points, moved apart where points lie close.
+	for i := range xs {
+		var labels []valueLabel
+		for _, s := range p.series {
+			if i < len(s.ys) && !math.IsNaN(s.ys[i]) {
+				labels = append(labels, valueLabel{text: formatValue(s.ys[i]), y: int(ypix(s.ys[i])) - 6, color: s.color})
 			}
-			label := formatValue(v)
-			x, y := int(xpix(i))+6, int(ypix(v))-6
-			draw.Draw(img, image.Rect(x-1, y-11, x+7*len(label)+1, y+3), image.NewUniform(color.NRGBA{255, 255, 255, 210}), image.Point{}, draw.Over)
-			drawText(img, label, x, y, s.color)
+		}
+		x := int(xpix(i)) + 6
+		for _, l := range spreadLabels(labels, 13) {
+			draw.Draw(img, image.Rect(x-1, l.y-11, x+7*len(l.text)+1, l.y+3), image.NewUniform(color.NRGBA{255, 255, 255, 210}), image.Point{}, draw.Over)
+			drawText(img, l.text, x, l.y, l.color)
 		}
 	}
+}
+
+// valueLabel is a value written next to its point; y is its baseline.
+type valueLabel struct {
+	text  string
+	y     int
+	color color.RGBA
+}
+
+// spreadLabels moves the labels of one concurrency apart, top to bottom, so
+// that baselines are at least gap pixels apart and none covers another.
+func spreadLabels(labels []valueLabel, gap int) []valueLabel {
+	slices.SortStableFunc(labels, func(a, b valueLabel) int { return a.y - b.y })
+	for i := 1; i < len(labels); i++ {
+		labels[i].y = max(labels[i].y, labels[i-1].y+gap)
+	}
+	return labels
 }
 
 // niceStep rounds x up to 1, 2 or 5 times a power of ten.

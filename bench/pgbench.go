@@ -188,9 +188,26 @@ func redactURL(s string) string {
 	return u.String()
 }
 
-// pgbenchRun is one run of the event script.
+// refScript is a script a reference runs.
+type refScript struct {
+	file  string // its name in the run's temporary directory
+	sql   string
+	shown string // how the command line in the report names it
+}
+
+var (
+	// mirrorScript is event.sql, pipelined as lockstep sends it.
+	mirrorScript = refScript{file: "event.sql", sql: pgbench.EventSQL, shown: "scripts/pgbench/event.sql"}
+	// stepwiseScript is event.sql without its pipeline: one statement per
+	// round trip.
+	stepwiseScript = refScript{file: "event-stepwise.sql", sql: pgbench.EventStepwiseSQL,
+		shown: `<scripts/pgbench/event.sql without \startpipeline and \endpipeline>`}
+)
+
+// pgbenchRun is one run of an event script.
 type pgbenchRun struct {
 	Path      string // the pgbench binary
+	Script    refScript
 	DBURL     string
 	Clients   int
 	Threads   int
@@ -207,8 +224,8 @@ func (p pgbenchRun) run(ctx context.Context) (*Reference, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	script := filepath.Join(dir, "event.sql")
-	if err := os.WriteFile(script, []byte(pgbench.EventSQL), 0o600); err != nil {
+	script := filepath.Join(dir, p.Script.file)
+	if err := os.WriteFile(script, []byte(p.Script.sql), 0o600); err != nil {
 		return nil, err
 	}
 	secs := max(1, int((p.Duration+time.Second/2)/time.Second))
@@ -227,7 +244,7 @@ func (p pgbenchRun) run(ctx context.Context) (*Reference, error) {
 		case strings.HasPrefix(a, "payload="):
 			shown[i] = fmt.Sprintf("payload=<event JSON, %d bytes>", len(p.Payload))
 		case a == script:
-			shown[i] = "scripts/pgbench/event.sql"
+			shown[i] = p.Script.shown
 		case strings.HasPrefix(a, "--log-prefix="):
 			shown[i] = "--log-prefix=<tmp>/log"
 		}

@@ -36,14 +36,52 @@ func printLevel(out io.Writer, cfg Config, l *Level) {
 	if l.CPU.Machine > 0 {
 		fmt.Fprintf(out, "  cpu        %s\n", cpuLine(cfg, l))
 	}
-	switch {
-	case l.Reference != nil:
-		r := l.Reference
-		fmt.Fprintf(out, "  reference  pgbench %.0f tx/s  %s  (%d tx, %d failed)\n", r.TPS, latencyLine(r.Latencies), r.Transactions, r.Failed)
-		fmt.Fprintf(out, "  ratio      %s (%s)\n", ratioString(l.Ratio), ratioMeaning(cfg))
-	case l.ReferenceErr != "":
-		fmt.Fprintf(out, "  reference  failed: %s\n", l.ReferenceErr)
+	refs := l.references()
+	for _, lr := range refs {
+		if r := lr.ref; r != nil {
+			fmt.Fprintf(out, "  %-10s pgbench %.0f tx/s  %s  (%d tx, %d failed)\n", lr.label, r.TPS, latencyLine(r.Latencies), r.Transactions, r.Failed)
+		} else {
+			fmt.Fprintf(out, "  %-10s failed: %s\n", lr.label, lr.err)
+		}
 	}
+	for _, lr := range refs {
+		if lr.ref != nil {
+			fmt.Fprintf(out, "  ratio      %s (%s)\n", ratioString(lr.ratio), lr.meaning(cfg))
+		}
+	}
+}
+
+// levelRef is one of a level's references, as the reports show it.
+type levelRef struct {
+	label    string // "reference" or "stepwise"
+	stepwise bool
+	ref      *Reference // nil when it failed
+	ratio    float64
+	retries  int
+	err      string
+}
+
+// references are the level's references that ran or failed: the pipelined
+// mirror, then the stepwise run.
+func (l *Level) references() []levelRef {
+	var out []levelRef
+	for _, lr := range []levelRef{
+		{label: "reference", ref: l.Reference, ratio: l.Ratio, retries: l.ReferenceRetries, err: l.ReferenceErr},
+		{label: "stepwise", stepwise: true, ref: l.Stepwise, ratio: l.StepwiseRatio, retries: l.StepwiseRetries, err: l.StepwiseErr},
+	} {
+		if lr.ref != nil || lr.err != "" {
+			out = append(out, lr)
+		}
+	}
+	return out
+}
+
+// meaning words the reference's ratio.
+func (lr levelRef) meaning(cfg Config) string {
+	if lr.stepwise {
+		return stepwiseRatioMeaning(cfg)
+	}
+	return ratioMeaning(cfg)
 }
 
 func ratioMeaning(cfg Config) string {
@@ -51,6 +89,15 @@ func ratioMeaning(cfg Config) string {
 		return "lockstep webhooks/s ÷ pgbench tx/s"
 	}
 	return "lockstep requests/s ÷ pgbench tx/s"
+}
+
+func stepwiseRatioMeaning(cfg Config) string {
+	return ratioMeaning(cfg) + ", one statement per round trip"
+}
+
+// hasStepwise says whether any level ran the stepwise reference.
+func hasStepwise(rep *Report) bool {
+	return slices.ContainsFunc(rep.Levels, func(l Level) bool { return l.Stepwise != nil || l.StepwiseErr != "" })
 }
 
 func cpuLine(cfg Config, l *Level) string {
@@ -63,14 +110,16 @@ func cpuLine(cfg Config, l *Level) string {
 		s += fmt.Sprintf(" + its database backends %s", usString(l.CPU.DB))
 	}
 	s += fmt.Sprintf(" (machine %s)", usString(l.CPU.Machine))
-	if r := l.Reference; r != nil && r.CPU.Machine > 0 {
-		s += fmt.Sprintf("; reference per transaction: pgbench %s", usString(r.CPU.Process))
-		if r.CPU.DB > 0 {
-			s += fmt.Sprintf(" + its database backends %s", usString(r.CPU.DB))
-		}
-		s += fmt.Sprintf(" (machine %s)", usString(r.CPU.Machine))
-		if own, ref := l.CPU.Own(), r.CPU.Own(); own > 0 && ref > 0 {
-			s += fmt.Sprintf("; CPU ratio %.2f", float64(ref)/float64(own))
+	for _, lr := range l.references() {
+		if r := lr.ref; r != nil && r.CPU.Machine > 0 {
+			s += fmt.Sprintf("; %s per transaction: pgbench %s", lr.label, usString(r.CPU.Process))
+			if r.CPU.DB > 0 {
+				s += fmt.Sprintf(" + its database backends %s", usString(r.CPU.DB))
+			}
+			s += fmt.Sprintf(" (machine %s)", usString(r.CPU.Machine))
+			if own, ref := l.CPU.Own(), r.CPU.Own(); own > 0 && ref > 0 {
+				s += fmt.Sprintf("; CPU ratio %.2f", float64(ref)/float64(own))
+			}
 		}
 	}
 	return s
@@ -123,25 +172,49 @@ func printSummary(out io.Writer, rep *Report) {
 	if len(rep.Levels) == 0 {
 		return
 	}
+	stepwise := hasStepwise(rep)
 	fmt.Fprintf(out, "\nsummary (%s)\n", rep.Config.Mode())
-	fmt.Fprintf(out, "%5s %10s %8s %8s %8s %10s %8s %8s %6s %7s\n",
-		"conc", "req/s", "p50 ms", "p95 ms", "p99 ms", "pgbench", "p99 ms", "succ p99", "ratio", "errors")
+	head := fmt.Sprintf("%5s %10s %8s %8s %8s %10s %8s", "conc", "req/s", "p50 ms", "p95 ms", "p99 ms", "pgbench", "p99 ms")
+	if stepwise {
+		head += fmt.Sprintf(" %10s %8s", "stepwise", "p99 ms")
+	}
+	head += fmt.Sprintf(" %8s %6s", "succ p99", "ratio")
+	if stepwise {
+		head += fmt.Sprintf(" %10s", "step ratio")
+	}
+	fmt.Fprintf(out, "%s %7s\n", head, "errors")
 	for _, l := range rep.Levels {
-		refTPS, refP99 := "-", "-"
-		if l.Reference != nil {
-			refTPS, refP99 = fmt.Sprintf("%.0f", l.Reference.TPS), ms(l.Reference.Latencies.P99)
-		}
 		succ := "-"
 		if l.Success.N > 0 {
 			succ = ms(l.Success.P99)
 		}
-		fmt.Fprintf(out, "%5d %10.0f %8s %8s %8s %10s %8s %8s %6s %7d\n", l.Concurrency, l.RPS,
-			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), refTPS, refP99, succ, ratioString(l.Ratio), l.Errors)
+		row := fmt.Sprintf("%5d %10.0f %8s %8s %8s %s", l.Concurrency, l.RPS,
+			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), refCells(l.Reference))
+		if stepwise {
+			row += " " + refCells(l.Stepwise)
+		}
+		row += fmt.Sprintf(" %8s %6s", succ, ratioString(l.Ratio))
+		if stepwise {
+			row += fmt.Sprintf(" %10s", ratioString(l.StepwiseRatio))
+		}
+		fmt.Fprintf(out, "%s %7d\n", row, l.Errors)
+	}
+	if stepwise {
+		fmt.Fprintf(out, "ratio: against pgbench pipelined as lockstep sends the transaction; step ratio: against pgbench one statement per round trip (stepwise)\n")
 	}
 	if rep.Memory.Peak > 0 {
 		fmt.Fprintf(out, "peak rss %s (VmHWM of pid %d%s); rss at the end %s\n", mb(rep.Memory.Peak), rep.PID,
 			memoryScope(rep.Config), mb(rep.Memory.RSS))
 	}
+}
+
+// refCells are a reference's tx/s and p99 in the summary table.
+func refCells(r *Reference) string {
+	tps, p99 := "-", "-"
+	if r != nil {
+		tps, p99 = fmt.Sprintf("%.0f", r.TPS), ms(r.Latencies.P99)
+	}
+	return fmt.Sprintf("%10s %8s", tps, p99)
 }
 
 func memoryScope(cfg Config) string {
@@ -205,21 +278,32 @@ func Markdown(rep *Report) string {
 	}
 	p("\n")
 
+	stepwise := hasStepwise(rep)
 	p("## Results\n\n")
-	p("Latencies in milliseconds. Ratio: %s at the same concurrency.\n\n", ratioMeaning(cfg))
-	p("| concurrency | lockstep req/s | webhook p50 | p95 | p99 | success req/s | success p50 | p95 | p99 | pgbench tx/s | pgbench p50 | p95 | p99 | ratio | errors |\n")
-	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("Latencies in milliseconds. Ratio: %s at the same concurrency, pgbench sending the transaction in lockstep's round trips (BEGIN, the lock and the event's statements pipelined in one, then COMMIT).", ratioMeaning(cfg))
+	head := "| concurrency | lockstep req/s | webhook p50 | p95 | p99 | success req/s | success p50 | p95 | p99 | pgbench tx/s | pgbench p50 | p95 | p99 |"
+	if stepwise {
+		p(" Ratio, one statement per round trip: the same against pgbench sending the same statements one per round trip (stepwise), as a plain client runs a transaction.")
+		head += " stepwise tx/s | stepwise p50 | p95 | p99 |"
+	}
+	head += " ratio |"
+	if stepwise {
+		head += " ratio, one statement per round trip |"
+	}
+	head += " errors |"
+	p("\n\n%s\n|%s\n", head, strings.Repeat("---:|", strings.Count(head, "|")-1))
 	for _, l := range rep.Levels {
-		ref := "- | - | - | -"
-		if r := l.Reference; r != nil {
-			ref = fmt.Sprintf("%.0f | %s | %s | %s", r.TPS, ms(r.Latencies.P50), ms(r.Latencies.P95), ms(r.Latencies.P99))
-		}
 		succ := "- | - | - | -"
 		if l.Success.N > 0 {
 			succ = fmt.Sprintf("%.0f | %s | %s | %s", l.SuccessRPS, ms(l.Success.P50), ms(l.Success.P95), ms(l.Success.P99))
 		}
+		refs, ratios := mdRefCells(l.Reference), ratioString(l.Ratio)
+		if stepwise {
+			refs += " | " + mdRefCells(l.Stepwise)
+			ratios += " | " + ratioString(l.StepwiseRatio)
+		}
 		p("| %d | %.0f | %s | %s | %s | %s | %s | %s | %d |\n", l.Concurrency, l.RPS,
-			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), succ, ref, ratioString(l.Ratio), l.Errors)
+			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), succ, refs, ratios, l.Errors)
 	}
 	p("\n![throughput and p99 latency against concurrency, lockstep beside pgbench](chart.png)\n\n")
 
@@ -249,21 +333,28 @@ func Markdown(rep *Report) string {
 		if l.CPU.Machine > 0 {
 			p("| CPU time | %s |\n", cpuLine(cfg, &l))
 		}
-		if r := l.Reference; r != nil {
-			p("| reference | %.0f tx/s, %s, %d transactions, %d failed |\n", r.TPS, latencyLine(r.Latencies), r.Transactions, r.Failed)
-			p("| ratio | %s |\n", ratioString(l.Ratio))
-			if l.ReferenceRetries > 0 {
-				p("| reference retries | %d run(s) failed (pgbench stops a client at its first error) and were run again |\n", l.ReferenceRetries)
+		refs := l.references()
+		for _, lr := range refs {
+			name := mdRefName(lr)
+			if r := lr.ref; r != nil {
+				p("| %s | %.0f tx/s, %s, %d transactions, %d failed |\n", name, r.TPS, latencyLine(r.Latencies), r.Transactions, r.Failed)
+				p("| %s | %s (%s) |\n", mdRatioName(lr), ratioString(lr.ratio), lr.meaning(cfg))
+			} else {
+				p("| %s | failed: %s |\n", name, lr.err)
 			}
-			if r.Rounds > 1 {
-				p("\nThe reference ran %d times, after each round of lockstep:\n", r.Rounds)
+			if lr.retries > 0 {
+				p("| %s retries | %d run(s) failed (pgbench stops a client at its first error) and were run again |\n", name, lr.retries)
 			}
-			p("\n```\n%s\n```\n\n", r.Command)
-		} else {
-			if l.ReferenceErr != "" {
-				p("| reference | failed: %s |\n", l.ReferenceErr)
+		}
+		p("\n")
+		for _, lr := range refs {
+			if r := lr.ref; r != nil {
+				times := "once, after lockstep"
+				if r.Rounds > 1 {
+					times = fmt.Sprintf("%d times, after each round of lockstep", r.Rounds)
+				}
+				p("The %s ran %s:\n\n```\n%s\n```\n\n", mdRefName(lr), times, r.Command)
 			}
-			p("\n")
 		}
 	}
 
@@ -281,7 +372,10 @@ func Markdown(rep *Report) string {
 
 	p("## How to read this\n\n")
 	p("- Each level is closed-loop: that many requests in flight at all times, the next sent when one is answered; pgbench's clients do the same.\n")
-	p("- The reference runs scripts/pgbench/event.sql: the transaction a new customer.subscription.updated event costs in lockstep (begin; set_config ×3 and the customer's advisory lock; read the ledger row; insert the customer; upsert the subscription; insert the ledger row; commit), with prepared statements, against a scratch database with lockstep's schema on the same server. lockstep adds HTTP, the signature check, JSON parsing, a ledger read before the transaction (so a duplicate never waits for the lock), metrics and logging.\n")
+	p("- The reference runs scripts/pgbench/event.sql: the transaction a new customer.subscription.updated event costs in lockstep (begin; set_config ×3 and the customer's advisory lock; read the ledger row; insert the customer; upsert the subscription; insert the ledger row; commit), with prepared statements, in the round trips lockstep sends it in (everything but the commit pipelined in one, then the commit), against a scratch database with lockstep's schema on the same server. lockstep adds HTTP, the signature check, JSON parsing, a ledger read before the transaction (so a duplicate never waits for the lock), metrics and logging.\n")
+	if stepwise {
+		p("- The stepwise reference runs the same script without its \\startpipeline and \\endpipeline: the same statements, one per round trip, as a plain client and pgbench by default run a transaction; it runs right after the pipelined one in each round. Ratio is the strict comparison, against the same work in the same round trips; ratio, one statement per round trip, is against a client that does not pipeline.\n")
+	}
 	p("- A redelivered event costs lockstep one read; a checkout-success call costs a read from Stripe (the fake), a transaction that also takes the user's lock and reads the mapping, and a read of the user's billing.\n")
 	if cfg.Mode() != "spread" {
 		p("- One hot customer serializes on its advisory lock by design, in lockstep and in the reference alike: the rate is one transaction at a time, and adding writers adds waiting, not throughput.\n")
@@ -291,6 +385,30 @@ func Markdown(rep *Report) string {
 		p("- %s\n", n)
 	}
 	return b.String()
+}
+
+// mdRefCells are a reference's tx/s and percentiles in the results table.
+func mdRefCells(r *Reference) string {
+	if r == nil {
+		return "- | - | - | -"
+	}
+	return fmt.Sprintf("%.0f | %s | %s | %s", r.TPS, ms(r.Latencies.P50), ms(r.Latencies.P95), ms(r.Latencies.P99))
+}
+
+// mdRefName names a reference in a level's table.
+func mdRefName(lr levelRef) string {
+	if lr.stepwise {
+		return "stepwise reference"
+	}
+	return "reference"
+}
+
+// mdRatioName names a reference's ratio in a level's table.
+func mdRatioName(lr levelRef) string {
+	if lr.stepwise {
+		return "ratio, one statement per round trip"
+	}
+	return "ratio"
 }
 
 func capitalize(s string) string {
