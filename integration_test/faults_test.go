@@ -275,6 +275,41 @@ type killer struct {
 	kills, misses atomic.Int64
 }
 
+// noteWriter records the event whose transaction starts on conn, from
+// lockmgr's lock statement (its third argument is the application_name).
+func (k *killer) noteWriter(conn *pgx.Conn, sql string, args []any) {
+	if !strings.Contains(sql, "pg_advisory_xact_lock(hashtext(") || len(args) < 3 {
+		return
+	}
+	if name, ok := args[2].(string); ok && strings.HasPrefix(name, "lockstep webhook ") {
+		k.mu.Lock()
+		k.running[conn] = strings.TrimPrefix(name, "lockstep webhook ")
+		k.mu.Unlock()
+	}
+}
+
+// TraceBatchStart sees a transaction's first batch: BEGIN and the lock
+// statement ride in front of its first statements.
+func (k *killer) TraceBatchStart(ctx context.Context, conn *pgx.Conn, data pgx.TraceBatchStartData) context.Context {
+	if k.on.Load() && data.Batch != nil {
+		for _, q := range data.Batch.QueuedQueries {
+			k.noteWriter(conn, q.SQL, q.Arguments)
+		}
+	}
+	return ctx
+}
+
+// TraceBatchQuery runs as each statement's answer of a batch is read: the
+// lock granted, or the processed mark written (the statements after it in
+// the batch may have run on the server too; COMMIT has not).
+func (k *killer) TraceBatchQuery(_ context.Context, conn *pgx.Conn, data pgx.TraceBatchQueryData) {
+	if k.on.Load() && data.Err == nil {
+		k.hitAfter(conn, data.SQL)
+	}
+}
+
+func (k *killer) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
 func (k *killer) TraceQueryStart(ctx context.Context, conn *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
 	ctx = context.WithValue(ctx, sqlKey{}, data.SQL)
 	if !k.on.Load() {
@@ -282,13 +317,7 @@ func (k *killer) TraceQueryStart(ctx context.Context, conn *pgx.Conn, data pgx.T
 	}
 	switch {
 	case strings.Contains(data.SQL, "pg_advisory_xact_lock(hashtext("): // lockmgr's first statement
-		if len(data.Args) >= 3 {
-			if name, ok := data.Args[2].(string); ok && strings.HasPrefix(name, "lockstep webhook ") {
-				k.mu.Lock()
-				k.running[conn] = strings.TrimPrefix(name, "lockstep webhook ")
-				k.mu.Unlock()
-			}
-		}
+		k.noteWriter(conn, data.SQL, data.Args)
 	case data.SQL == "commit":
 		if !k.take(conn) {
 			return ctx
@@ -314,6 +343,12 @@ func (k *killer) TraceQueryEnd(ctx context.Context, conn *pgx.Conn, data pgx.Tra
 		return
 	}
 	sql, _ := ctx.Value(sqlKey{}).(string)
+	k.hitAfter(conn, sql)
+}
+
+// hitAfter drops conn's backend once sql, the statement of its kill point,
+// has answered.
+func (k *killer) hitAfter(conn *pgx.Conn, sql string) {
 	switch {
 	case k.point == afterLock && strings.Contains(sql, "pg_advisory_xact_lock(hashtext("):
 	case k.point == afterWrites && strings.Contains(sql, "INSERT INTO stripe_events") && strings.Contains(sql, "'processed'"):
@@ -695,6 +730,19 @@ EXECUTE FUNCTION lockstep_test_slow_commit()`); err != nil {
 				point, len(events), len(k.doomed), firstCodes, firstPass.Round(time.Millisecond), k.kills.Load(), k.misses.Load(),
 				dropped(k.proxy), retriesCounted(t, fb), lat.pct(50).Round(time.Millisecond), lat.pct(99).Round(time.Millisecond), lat.pct(100).Round(time.Millisecond))
 			t.Logf("%s: after %d redelivery rounds: all responses %v", point, rounds, codes)
+
+			// Nothing is shown unless the kill point was reached: every
+			// event's transaction was hit, and most hits dropped a connection.
+			k.mu.Lock()
+			for _, id := range ids {
+				if k.hits[id] == 0 {
+					t.Errorf("event %s: its transaction never reached the kill point %s", id, point)
+				}
+			}
+			k.mu.Unlock()
+			if kills := k.kills.Load(); kills < int64(len(events))/2 {
+				t.Errorf("%d connections dropped for %d events: the kill point %s is not being reached", kills, len(events), point)
+			}
 
 			for _, id := range ids {
 				if !lastOK[id] {
