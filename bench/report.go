@@ -376,7 +376,7 @@ func Markdown(rep *Report) string {
 	if stepwise {
 		p("- The stepwise reference runs the same script without its \\startpipeline and \\endpipeline: the same statements, one per round trip, as a plain client and pgbench by default run a transaction; it runs right after the pipelined one in each round. Ratio is the strict comparison, against the same work in the same round trips; ratio, one statement per round trip, is against a client that does not pipeline.\n")
 	}
-	p("- A redelivered event costs lockstep one read; a checkout-success call costs a read from Stripe (the fake), a transaction that also takes the user's lock and reads the mapping, and a read of the user's billing.\n")
+	p("- A redelivered event costs lockstep one read (no transaction); a checkout-success call costs a read from Stripe (the fake) and one transaction that also takes the user's lock and reads the mapping (two round trips, three when the mapping changes).\n")
 	if cfg.Mode() != "spread" {
 		p("- One hot customer serializes on its advisory lock by design, in lockstep and in the reference alike: the rate is one transaction at a time, and adding writers adds waiting, not throughput.\n")
 	}
