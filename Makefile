@@ -72,6 +72,14 @@ BENCH_FLAGS ?= -concurrency 1,4,16 -duration 5s
 bench: ## load lockstep beside the pgbench reference; report in BENCH_OUT (BENCH_FLAGS='-hot' ...)
 	$(PG) test -- sh -c 'DATABASE_URL="$$TEST_DATABASE_URL" exec $(GO) run . bench -scratch $(BENCH_FLAGS) -out $(BENCH_OUT)'
 
+# bench-docs reruns every load docs/bench reports (about 8 minutes), into
+# BENCH_DOCS_OUT; run it from a clean checkout on a quiet machine.
+BENCH_DOCS_OUT ?= docs/bench
+
+.PHONY: bench-docs
+bench-docs: ## rerun every load docs/bench reports, about 8 minutes (BENCH_DOCS_OUT=dir)
+	$(PG) test -- scripts/bench-docs.sh $(BENCH_DOCS_OUT)
+
 .PHONY: bench-go
 bench-go: ## run the Go benchmarks with allocations (signature check, parsing, the webhook handler)
 	$(PG) test -- $(GO) test -run '^$$' -bench . -benchmem ./...
