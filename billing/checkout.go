@@ -78,6 +78,11 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 		if err := tx.SendBatch(ctx, b); err != nil {
 			return err
 		}
+		if sw != nil {
+			if err := sw.settle(ctx, tx); err != nil {
+				return err
+			}
+		}
 		link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
 		if err != nil {
 			return err

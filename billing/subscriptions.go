@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -19,12 +20,9 @@ var errTie = errors.New("subscription snapshot ties with the stored one")
 // upsertSubscription stores a snapshot unless the stored one is newer or
 // terminal. A snapshot is newer when its Stripe time is later; a terminal
 // status (canceled, incomplete_expired) always wins and is never replaced,
-// because Stripe never revives such a subscription. It returns one row:
-// the snapshot stored (applied), or, when the stored one was kept, that
-// one with its Stripe time and source, for the caller to tell a stale
-// snapshot from a same-second tie.
+// because Stripe never revives such a subscription. It returns the row
+// stored, or nothing when the stored snapshot was kept.
 const upsertSubscription = `
-WITH applied AS (
 INSERT INTO stripe_subscriptions AS s (stripe_subscription_id, stripe_customer_id, status, price_id,
     current_period_end, cancel_at_period_end, source_time, source)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -39,23 +37,23 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
 WHERE s.stripe_customer_id = excluded.stripe_customer_id
   AND s.status NOT IN ('canceled', 'incomplete_expired')
   AND (excluded.source_time > s.source_time OR excluded.status IN ('canceled', 'incomplete_expired'))
-RETURNING status, coalesce(price_id, '') AS price_id, current_period_end, cancel_at_period_end
-)
-SELECT true, status, price_id, current_period_end, cancel_at_period_end, NULL::timestamptz, NULL::text
-FROM applied
-UNION ALL
-SELECT false, status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, source_time, source
-FROM stripe_subscriptions
-WHERE stripe_subscription_id = $1 AND NOT EXISTS (SELECT FROM applied)`
+RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end`
 
-// subscriptionWrite is what queueApplySubscription's statement did, once
-// its batch ran.
+// subscriptionWrite is a queued upsert of sub as of at from source, and
+// what it did once its batch ran.
 type subscriptionWrite struct {
+	sub    *stripeapi.Subscription
+	at     time.Time
+	source string
+
 	// view is the subscription as stored afterwards: the snapshot when it
-	// was applied, the newer or terminal row when it was stale.
+	// was applied, the newer or terminal row when it was stale (once
+	// settle has read it).
 	view SubscriptionView
-	// tie is set when the stored snapshot has the same Stripe time and
-	// different content: the order is unknown (see errTie).
+	// stale is set when the stored snapshot was kept.
+	stale bool
+	// tie is set by settle when the stored snapshot has the same Stripe
+	// time and different content: the order is unknown (see errTie).
 	tie bool
 }
 
@@ -63,31 +61,40 @@ type subscriptionWrite struct {
 // created time, or the moment it was fetched) from source (the event id,
 // or "api").
 func queueApplySubscription(b *pgx.Batch, sub *stripeapi.Subscription, at time.Time, source string) *subscriptionWrite {
-	w := &subscriptionWrite{view: SubscriptionView{ID: sub.ID}}
+	w := &subscriptionWrite{sub: sub, at: at, source: source, view: SubscriptionView{ID: sub.ID}}
 	b.Queue(upsertSubscription, sub.ID, sub.CustomerID, sub.Status, nullString(sub.PriceID),
 		nullTime(sub.CurrentPeriodEnd), sub.CancelAtPeriodEnd, at, source).Fn = func(br pgx.BatchResults) error {
-		var applied bool
-		var storedAt *time.Time
-		var storedSource *string
 		v := &w.view
-		err := br.QueryRow().Scan(&applied, &v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
-			&storedAt, &storedSource)
+		err := br.QueryRow().Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd)
 		switch {
 		case isNoRows(err):
-			// Kept, but the row is not in this statement's snapshot: a
-			// writer for another customer (under another lock) inserted it
-			// meanwhile, and the customer check refused the update.
-			return nil
+			w.stale = true
 		case err != nil:
 			return fmt.Errorf("upsert subscription %s: %w", sub.ID, err)
-		case applied:
-			return nil
 		}
-		w.tie = storedAt != nil && storedAt.Equal(at) && storedSource != nil && *storedSource != source &&
-			!stripeapi.Terminal(v.Status) && !sameSnapshot(*v, sub)
 		return nil
 	}
 	return w
+}
+
+// settle reads, in the same transaction, the stored snapshot a stale upsert
+// kept: the view, and whether it ties with the one refused. It costs a round
+// trip, paid only by snapshots that arrive out of order.
+func (w *subscriptionWrite) settle(ctx context.Context, db DBTX) error {
+	if !w.stale {
+		return nil
+	}
+	const q = `SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, source_time, source
+FROM stripe_subscriptions WHERE stripe_subscription_id = $1`
+	var storedAt time.Time
+	var storedSource string
+	v := &w.view
+	if err := db.QueryRow(ctx, q, w.sub.ID).Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
+		&storedAt, &storedSource); err != nil {
+		return fmt.Errorf("read subscription %s: %w", w.sub.ID, err)
+	}
+	w.tie = storedAt.Equal(w.at) && storedSource != w.source && !stripeapi.Terminal(v.Status) && !sameSnapshot(*v, w.sub)
+	return nil
 }
 
 func sameSnapshot(v SubscriptionView, s *stripeapi.Subscription) bool {

@@ -203,7 +203,8 @@ func (s *Service) applyEvent(ctx context.Context, ev *stripeapi.Event, act *acti
 // round trips. The first carries, behind BEGIN and the lock, the ledger
 // read, the customer row, the event's writes and, when nothing is left to
 // decide, the mark: a subscription or invoice event is one round trip and
-// COMMIT. It writes before it knows whether the ledger already has the
+// COMMIT (a subscription snapshot that arrives out of order, one more to
+// read the stored one). It writes before it knows whether the ledger already has the
 // event, and rolls back if so (errDuplicate). An event that names a user
 // reads the mapping in that trip too; the second trip carries what the
 // mapping rules decide and the mark, with a note when a change was refused.
@@ -241,9 +242,15 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 	if err := tx.SendBatch(ctx, b); err != nil {
 		return EventResult{}, err
 	}
-	switch {
-	case status == StatusProcessed || status == StatusIgnored:
+	if status == StatusProcessed || status == StatusIgnored {
 		return EventResult{}, errDuplicate
+	}
+	if sw != nil {
+		if err := sw.settle(ctx, tx); err != nil {
+			return EventResult{}, err
+		}
+	}
+	switch {
 	case sw != nil && sw.tie:
 		return EventResult{}, errTie
 	case found == nil:

@@ -27,7 +27,6 @@ SELECT set_config('lock_timeout', '1500ms', true),
        clock_timestamp();
 SELECT status FROM stripe_events WHERE event_id = 'evt_ref_' || CAST(:e AS text);
 INSERT INTO stripe_customers (stripe_customer_id) VALUES ('cus_ref_' || CAST(:c AS text)) ON CONFLICT DO NOTHING;
-WITH applied AS (
 INSERT INTO stripe_subscriptions AS s (stripe_subscription_id, stripe_customer_id, status, price_id,
     current_period_end, cancel_at_period_end, source_time, source)
 VALUES ('sub_ref_' || CAST(:c AS text), 'cus_ref_' || CAST(:c AS text), 'active', 'price_ref',
@@ -43,14 +42,7 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
 WHERE s.stripe_customer_id = excluded.stripe_customer_id
   AND s.status NOT IN ('canceled', 'incomplete_expired')
   AND (excluded.source_time > s.source_time OR excluded.status IN ('canceled', 'incomplete_expired'))
-RETURNING status, coalesce(price_id, '') AS price_id, current_period_end, cancel_at_period_end
-)
-SELECT true, status, price_id, current_period_end, cancel_at_period_end, NULL::timestamptz, NULL::text
-FROM applied
-UNION ALL
-SELECT false, status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, source_time, source
-FROM stripe_subscriptions
-WHERE stripe_subscription_id = 'sub_ref_' || CAST(:c AS text) AND NOT EXISTS (SELECT FROM applied);
+RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end;
 INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
     attempts, last_error, payload, processed_at)
 VALUES ('evt_ref_' || CAST(:e AS text), 'customer.subscription.updated', '2023-10-16', 'cus_ref_' || CAST(:c AS text), now(), 'processed', 1, NULL, :payload, now())
