@@ -15,7 +15,7 @@ TEST_FLAGS ?=
 # How long `make fuzz` runs each fuzz target.
 FUZZTIME ?= 20s
 # Fuzz targets as package:FuncName; add one for every parser of outside input.
-FUZZ_TARGETS ?= ./handlers:FuzzWebhook ./stripeapi:FuzzParse
+FUZZ_TARGETS ?= ./handlers:FuzzWebhook ./stripeapi:FuzzParse ./stripeapi:FuzzParsersAgree
 
 # Go files gofmt checks: everything but testdata, vendor and the dev cluster.
 GO_FILES = $(shell find . -type d \( -name .git -o -name .dev -o -name testdata -o -name vendor -o -name bin \) -prune -o -type f -name '*.go' -print)
