@@ -28,9 +28,9 @@ SELECT set_config('lock_timeout', $1, true),
 // of fn's first statement or batch, in the same round trip, and that
 // statement runs once the lock is granted. So a transaction costs no round
 // trip for itself beyond COMMIT, and the lock is held from fn's first
-// statement on. Go code in fn before that first statement runs while other
-// writers may hold the lock; it must not depend on the database (no code
-// that calls the database has anything to depend on before it).
+// statement on. Go code in fn before that first statement runs before the
+// lock is granted, while another writer may hold it; it has nothing from the
+// database to work on yet. Like pgx.Tx, a Tx is not safe for concurrent use.
 //
 // A batch is the way to send several statements in one round trip. Errors
 // returned by a batch callback make pgx forget the batch's prepared
@@ -84,12 +84,12 @@ func (r *firstRow) Scan(dest ...any) error {
 	var scanErr error
 	b := &pgx.Batch{}
 	b.Queue(r.sql, r.args...).QueryRow(func(row pgx.Row) error {
-		if err := row.Scan(dest...); errors.Is(err, pgx.ErrNoRows) {
+		err := row.Scan(dest...)
+		if errors.Is(err, pgx.ErrNoRows) {
 			scanErr = err // an outcome, not a batch failure
 			return nil
-		} else {
-			return err
 		}
+		return err
 	})
 	if err := r.t.SendBatch(r.ctx, b); err != nil {
 		return err
