@@ -24,17 +24,17 @@ type Event struct {
 // surrogates, numbers beyond numeric) as well as anything that
 // is not a Stripe event, so a rejected body never reaches the database.
 // Event.Object is a sub-slice of payload, which must not be modified.
-func ParseEvent(payload []byte) (*Event, error) {
+func ParseEvent(payload []byte) (*Event, error) { return parseEvent(payload, true) }
+
+// parseEvent is ParseEvent, on the scanner's fast path when fast is set.
+// The scanner checks in one pass what decodeEvent checks in four.
+func parseEvent(payload []byte, fast bool) (*Event, error) {
 	var w eventWire
-	sc := scanner{b: payload}
-	if !scanEvent(&sc, 0, &w) || !sc.atEnd() {
-		// The scanner checks in one pass what decodeEvent checks in four.
-		// It declined (see scan.go): decodeEvent decides.
-		ref, err := decodeEvent(payload)
-		if err != nil {
+	if s := (scanner{b: payload}); !fast || !scanEvent(&s, 0, &w) || !s.atEnd() {
+		var err error // the scanner declined (see scan.go): decodeEvent decides
+		if w, err = decodeEvent(payload); err != nil {
 			return nil, err
 		}
-		w = *ref
 	}
 	switch {
 	case w.Object != "event":
@@ -75,43 +75,35 @@ type eventData = struct {
 	Object json.RawMessage `json:"object"`
 }
 
-// decodeEvent is ParseEvent's reference decoding, for the bodies the
-// scanner declines: each check is a pass of its own over the body.
-func decodeEvent(payload []byte) (*eventWire, error) {
+// decodeEvent is ParseEvent's decoding for the bodies the scanner
+// declines: each check is a pass of its own over the body.
+func decodeEvent(payload []byte) (eventWire, error) {
 	if !utf8.Valid(payload) {
-		return nil, fmt.Errorf("%w: event: body is not valid UTF-8", ErrMalformed)
+		return eventWire{}, fmt.Errorf("%w: event: body is not valid UTF-8", ErrMalformed)
 	}
 	if bad := unstorable(payload); bad != "" {
-		return nil, fmt.Errorf("%w: event: body contains %s", ErrMalformed, bad)
+		return eventWire{}, fmt.Errorf("%w: event: body contains %s", ErrMalformed, bad)
 	}
-	var w eventWire
-	if err := json.Unmarshal(payload, &w); err != nil {
-		return nil, fmt.Errorf("%w: event: %v", ErrMalformed, err)
-	}
-	return &w, nil
+	return unmarshalWire[eventWire](payload, "event")
 }
 
 var eventFields = []string{"id", "object", "type", "api_version", "created", "data"}
 
 // scanEvent is the fast counterpart of decodeEvent (see scan.go).
 func scanEvent(s *scanner, depth int, w *eventWire) bool {
-	f := fieldSet{names: eventFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "id":
+	return s.fields(depth, eventFields, func(name string) bool {
+		switch name {
+		case "id":
 			return s.stringInto(&w.ID)
-		case name == "object":
+		case "object":
 			return s.stringInto(&w.Object)
-		case name == "type":
+		case "type":
 			return s.stringInto(&w.Type)
-		case name == "api_version":
+		case "api_version":
 			return s.stringPtrInto(&w.APIVersion)
-		case name == "created":
+		case "created":
 			return s.intInto(&w.Created)
-		case name == "data":
+		case "data":
 			if s.null() {
 				w.Data = nil
 				return true
@@ -119,20 +111,16 @@ func scanEvent(s *scanner, depth int, w *eventWire) bool {
 			w.Data = new(eventData)
 			return scanEventData(s, depth+1, w.Data)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
 var eventDataFields = []string{"object"}
 
 func scanEventData(s *scanner, depth int, d *eventData) bool {
-	f := fieldSet{names: eventDataFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "object":
+	return s.fields(depth, eventDataFields, func(name string) bool {
+		switch name {
+		case "object":
 			// A json.RawMessage takes any value's text, null included
 			// (which ParseEvent then refuses).
 			s.skipSpace()
@@ -143,7 +131,7 @@ func scanEventData(s *scanner, depth int, d *eventData) bool {
 			d.Object = s.b[start:s.i]
 			return true
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 

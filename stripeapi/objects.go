@@ -115,16 +115,16 @@ func (s *CheckoutSession) ClaimedUsers() []string {
 }
 
 // ParseCheckoutSession parses a checkout.session object.
-func ParseCheckoutSession(b []byte) (*CheckoutSession, error) {
+func ParseCheckoutSession(b []byte) (*CheckoutSession, error) { return parseCheckoutSession(b, true) }
+
+// parseCheckoutSession is ParseCheckoutSession, on the scanner's fast path when fast is set.
+func parseCheckoutSession(b []byte, fast bool) (*CheckoutSession, error) {
 	var w sessionWire
-	sc := scanner{b: b}
-	if !scanSession(&sc, 0, &w) || !sc.atEnd() {
-		// The scanner declined (see scan.go): encoding/json decides.
-		var ref sessionWire
-		if err := json.Unmarshal(b, &ref); err != nil {
-			return nil, fmt.Errorf("%w: checkout session: %v", ErrMalformed, err)
+	if s := (scanner{b: b}); !fast || !scanSession(&s, 0, &w) || !s.atEnd() {
+		var err error // the scanner declined (see scan.go): encoding/json decides
+		if w, err = unmarshalWire[sessionWire](b, "checkout session"); err != nil {
+			return nil, err
 		}
-		w = ref
 	}
 	if w.Object != "checkout.session" || !ValidID(w.ID, "cs_") {
 		return nil, fmt.Errorf("%w: checkout session: bad object or id", ErrMalformed)
@@ -153,7 +153,7 @@ func ParseCheckoutSession(b []byte) (*CheckoutSession, error) {
 		}
 	}
 	if w.Subscription.Raw != nil {
-		sub, err := ParseSubscription(w.Subscription.Raw)
+		sub, err := parseSubscription(w.Subscription.Raw, fast)
 		if err != nil {
 			return nil, err
 		}
@@ -182,34 +182,30 @@ var sessionFields = []string{"id", "object", "customer", "subscription", "client
 	"metadata", "status", "payment_status", "mode", "created"}
 
 func scanSession(s *scanner, depth int, w *sessionWire) bool {
-	f := fieldSet{names: sessionFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "id":
+	return s.fields(depth, sessionFields, func(name string) bool {
+		switch name {
+		case "id":
 			return s.stringInto(&w.ID)
-		case name == "object":
+		case "object":
 			return s.stringInto(&w.Object)
-		case name == "customer":
+		case "customer":
 			return s.expandableInto(&w.Customer, depth+1)
-		case name == "subscription":
+		case "subscription":
 			return s.expandableInto(&w.Subscription, depth+1)
-		case name == "client_reference_id":
+		case "client_reference_id":
 			return s.stringPtrInto(&w.ClientReferenceID)
-		case name == "metadata":
+		case "metadata":
 			return s.metadataInto(&w.Metadata, depth+1)
-		case name == "status":
+		case "status":
 			return s.stringPtrInto(&w.Status)
-		case name == "payment_status":
+		case "payment_status":
 			return s.stringInto(&w.PaymentStatus)
-		case name == "mode":
+		case "mode":
 			return s.stringInto(&w.Mode)
-		case name == "created":
+		case "created":
 			return s.intInto(&w.Created)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
@@ -252,16 +248,16 @@ var subscriptionStatuses = map[string]bool{
 // ParseSubscription parses a subscription object of any API version:
 // current_period_end is read from the subscription (before 2025-03-31) or
 // from its items (since), whichever is present.
-func ParseSubscription(b []byte) (*Subscription, error) {
+func ParseSubscription(b []byte) (*Subscription, error) { return parseSubscription(b, true) }
+
+// parseSubscription is ParseSubscription, on the scanner's fast path when fast is set.
+func parseSubscription(b []byte, fast bool) (*Subscription, error) {
 	var w subscriptionWire
-	sc := scanner{b: b}
-	if !scanSubscription(&sc, 0, &w) || !sc.atEnd() {
-		// The scanner declined (see scan.go): encoding/json decides.
-		var ref subscriptionWire
-		if err := json.Unmarshal(b, &ref); err != nil {
-			return nil, fmt.Errorf("%w: subscription: %v", ErrMalformed, err)
+	if s := (scanner{b: b}); !fast || !scanSubscription(&s, 0, &w) || !s.atEnd() {
+		var err error // the scanner declined (see scan.go): encoding/json decides
+		if w, err = unmarshalWire[subscriptionWire](b, "subscription"); err != nil {
+			return nil, err
 		}
-		w = ref
 	}
 	if w.Object != "subscription" || !ValidID(w.ID, "sub_") {
 		return nil, fmt.Errorf("%w: subscription: bad object or id", ErrMalformed)
@@ -321,43 +317,35 @@ var subscriptionFields = []string{"id", "object", "customer", "status", "cancel_
 	"current_period_end", "created", "items"}
 
 func scanSubscription(s *scanner, depth int, w *subscriptionWire) bool {
-	f := fieldSet{names: subscriptionFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "id":
+	return s.fields(depth, subscriptionFields, func(name string) bool {
+		switch name {
+		case "id":
 			return s.stringInto(&w.ID)
-		case name == "object":
+		case "object":
 			return s.stringInto(&w.Object)
-		case name == "customer":
+		case "customer":
 			return s.expandableInto(&w.Customer, depth+1)
-		case name == "status":
+		case "status":
 			return s.stringInto(&w.Status)
-		case name == "cancel_at_period_end":
+		case "cancel_at_period_end":
 			return s.boolInto(&w.CancelAtPeriodEnd)
-		case name == "current_period_end":
+		case "current_period_end":
 			return s.intInto(&w.CurrentPeriodEnd)
-		case name == "created":
+		case "created":
 			return s.intInto(&w.Created)
-		case name == "items":
+		case "items":
 			return s.null() || scanItemList(s, depth+1, &w.Items) // null leaves a struct as it is
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
 var itemListFields = []string{"data"}
 
 func scanItemList(s *scanner, depth int, l *itemList) bool {
-	f := fieldSet{names: itemListFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "data":
+	return s.fields(depth, itemListFields, func(name string) bool {
+		switch name {
+		case "data":
 			if s.null() {
 				l.Data = nil
 				return true
@@ -372,25 +360,21 @@ func scanItemList(s *scanner, depth int, l *itemList) bool {
 				return true
 			})
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
 var subscriptionItemFields = []string{"price", "current_period_end"}
 
 func scanSubscriptionItem(s *scanner, depth int, it *subscriptionItem) bool {
-	f := fieldSet{names: subscriptionItemFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "price":
+	return s.fields(depth, subscriptionItemFields, func(name string) bool {
+		switch name {
+		case "price":
 			return s.expandableInto(&it.Price, depth+1)
-		case name == "current_period_end":
+		case "current_period_end":
 			return s.intInto(&it.CurrentPeriodEnd)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
@@ -403,16 +387,16 @@ type Customer struct {
 }
 
 // ParseCustomer parses a customer object (or a deleted customer's stub).
-func ParseCustomer(b []byte) (*Customer, error) {
+func ParseCustomer(b []byte) (*Customer, error) { return parseCustomer(b, true) }
+
+// parseCustomer is ParseCustomer, on the scanner's fast path when fast is set.
+func parseCustomer(b []byte, fast bool) (*Customer, error) {
 	var w customerWire
-	sc := scanner{b: b}
-	if !scanCustomer(&sc, 0, &w) || !sc.atEnd() {
-		// The scanner declined (see scan.go): encoding/json decides.
-		var ref customerWire
-		if err := json.Unmarshal(b, &ref); err != nil {
-			return nil, fmt.Errorf("%w: customer: %v", ErrMalformed, err)
+	if s := (scanner{b: b}); !fast || !scanCustomer(&s, 0, &w) || !s.atEnd() {
+		var err error // the scanner declined (see scan.go): encoding/json decides
+		if w, err = unmarshalWire[customerWire](b, "customer"); err != nil {
+			return nil, err
 		}
-		w = ref
 	}
 	if w.Object != "customer" || !ValidID(w.ID, "cus_") {
 		return nil, fmt.Errorf("%w: customer: bad object or id", ErrMalformed)
@@ -436,24 +420,20 @@ type customerWire = struct {
 var customerFields = []string{"id", "object", "deleted", "metadata", "created"}
 
 func scanCustomer(s *scanner, depth int, w *customerWire) bool {
-	f := fieldSet{names: customerFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "id":
+	return s.fields(depth, customerFields, func(name string) bool {
+		switch name {
+		case "id":
 			return s.stringInto(&w.ID)
-		case name == "object":
+		case "object":
 			return s.stringInto(&w.Object)
-		case name == "deleted":
+		case "deleted":
 			return s.boolInto(&w.Deleted)
-		case name == "metadata":
+		case "metadata":
 			return s.metadataInto(&w.Metadata, depth+1)
-		case name == "created":
+		case "created":
 			return s.intInto(&w.Created)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
@@ -472,16 +452,16 @@ type Invoice struct {
 // ParseInvoice parses an invoice of any API version: the subscription is
 // invoice.subscription before 2025-03-31 and
 // invoice.parent.subscription_details.subscription since.
-func ParseInvoice(b []byte) (*Invoice, error) {
+func ParseInvoice(b []byte) (*Invoice, error) { return parseInvoice(b, true) }
+
+// parseInvoice is ParseInvoice, on the scanner's fast path when fast is set.
+func parseInvoice(b []byte, fast bool) (*Invoice, error) {
 	var w invoiceWire
-	sc := scanner{b: b}
-	if !scanInvoice(&sc, 0, &w) || !sc.atEnd() {
-		// The scanner declined (see scan.go): encoding/json decides.
-		var ref invoiceWire
-		if err := json.Unmarshal(b, &ref); err != nil {
-			return nil, fmt.Errorf("%w: invoice: %v", ErrMalformed, err)
+	if s := (scanner{b: b}); !fast || !scanInvoice(&s, 0, &w) || !s.atEnd() {
+		var err error // the scanner declined (see scan.go): encoding/json decides
+		if w, err = unmarshalWire[invoiceWire](b, "invoice"); err != nil {
+			return nil, err
 		}
-		w = ref
 	}
 	if w.Object != "invoice" || !ValidID(w.ID, "in_") {
 		return nil, fmt.Errorf("%w: invoice: bad object or id", ErrMalformed)
@@ -532,52 +512,44 @@ var invoiceFields = []string{"id", "object", "customer", "subscription", "parent
 	"status", "amount_due", "amount_paid", "currency", "created"}
 
 func scanInvoice(s *scanner, depth int, w *invoiceWire) bool {
-	f := fieldSet{names: invoiceFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "id":
+	return s.fields(depth, invoiceFields, func(name string) bool {
+		switch name {
+		case "id":
 			return s.stringInto(&w.ID)
-		case name == "object":
+		case "object":
 			return s.stringInto(&w.Object)
-		case name == "customer":
+		case "customer":
 			return s.expandableInto(&w.Customer, depth+1)
-		case name == "subscription":
+		case "subscription":
 			return s.expandableInto(&w.Subscription, depth+1)
-		case name == "parent":
+		case "parent":
 			if s.null() {
 				w.Parent = nil
 				return true
 			}
 			w.Parent = new(invoiceParent)
 			return scanInvoiceParent(s, depth+1, w.Parent)
-		case name == "status":
+		case "status":
 			return s.stringPtrInto(&w.Status)
-		case name == "amount_due":
+		case "amount_due":
 			return s.intInto(&w.AmountDue)
-		case name == "amount_paid":
+		case "amount_paid":
 			return s.intInto(&w.AmountPaid)
-		case name == "currency":
+		case "currency":
 			return s.stringInto(&w.Currency)
-		case name == "created":
+		case "created":
 			return s.intInto(&w.Created)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
 var invoiceParentFields = []string{"subscription_details"}
 
 func scanInvoiceParent(s *scanner, depth int, p *invoiceParent) bool {
-	f := fieldSet{names: invoiceParentFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "subscription_details":
+	return s.fields(depth, invoiceParentFields, func(name string) bool {
+		switch name {
+		case "subscription_details":
 			if s.null() {
 				p.SubscriptionDetails = nil
 				return true
@@ -585,22 +557,18 @@ func scanInvoiceParent(s *scanner, depth int, p *invoiceParent) bool {
 			p.SubscriptionDetails = new(subscriptionDetails)
 			return scanSubscriptionDetails(s, depth+1, p.SubscriptionDetails)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }
 
 var subscriptionDetailsFields = []string{"subscription"}
 
 func scanSubscriptionDetails(s *scanner, depth int, d *subscriptionDetails) bool {
-	f := fieldSet{names: subscriptionDetailsFields}
-	return s.object(depth, func(key []byte) bool {
-		name, ok := f.match(key)
-		switch {
-		case !ok:
-			return false
-		case name == "subscription":
+	return s.fields(depth, subscriptionDetailsFields, func(name string) bool {
+		switch name {
+		case "subscription":
 			return s.expandableInto(&d.Subscription, depth+1)
 		}
-		return s.value(depth + 1)
+		return false
 	})
 }

@@ -3,6 +3,7 @@ package stripeapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"unicode/utf8"
 )
@@ -23,6 +24,18 @@ import (
 // are not plain, nesting deeper than maxScanDepth. Hostile and odd input
 // thus costs what it did before; Stripe's own events take the fast path.
 // scan_test.go checks the two paths agree.
+
+// unmarshalWire is the parsers' fallback: encoding/json decodes b into a
+// wire struct, its error marked malformed and named for what. Run alone
+// (fast unset), it is each parser as it was before the scanner; the tests
+// hold the two paths to the same answers.
+func unmarshalWire[W any](b []byte, what string) (W, error) {
+	var w W
+	if err := json.Unmarshal(b, &w); err != nil {
+		return w, fmt.Errorf("%w: %s: %v", ErrMalformed, what, err)
+	}
+	return w, nil
+}
 
 // maxScanDepth bounds the nesting the scanner follows (encoding/json's
 // own limit is 10000); deeper text is left to encoding/json.
@@ -376,18 +389,7 @@ func (s *scanner) expandableInto(dst *expandable, depth int) bool {
 	case '{':
 		start := s.i
 		var id string
-		f := fieldSet{names: idField}
-		ok := s.object(depth, func(key []byte) bool {
-			name, ok := f.match(key)
-			switch {
-			case !ok:
-				return false
-			case name == "id":
-				return s.stringInto(&id)
-			}
-			return s.value(depth + 1)
-		})
-		if !ok {
+		if !s.fields(depth, idField, func(string) bool { return s.stringInto(&id) }) {
 			return false
 		}
 		dst.ID, dst.Raw = id, s.b[start:s.i]
@@ -428,6 +430,23 @@ func (s *scanner) metadataInto(dst *map[string]string, depth int) bool {
 		*dst = map[string]string{"user_id": userID}
 	}
 	return true
+}
+
+// fields reads an object whose keys of interest are names: read is called
+// at the value of each, which it must consume; the values of other keys are
+// checked and skipped. It declines where fieldSet.match does.
+func (s *scanner) fields(depth int, names []string, read func(name string) bool) bool {
+	f := fieldSet{names: names}
+	return s.object(depth, func(key []byte) bool {
+		name, ok := f.match(key)
+		switch {
+		case !ok:
+			return false
+		case name == "":
+			return s.value(depth + 1)
+		}
+		return read(name)
+	})
 }
 
 // fieldSet matches the keys of an object to the JSON names of a wire
