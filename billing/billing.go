@@ -8,6 +8,7 @@ package billing
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -43,6 +44,18 @@ var (
 	_ DBTX = (pgx.Tx)(nil)
 	_ DBTX = (*lockmgr.Tx)(nil)
 )
+
+// queueExec queues on b a statement whose answer is only whether it
+// worked. A failure is reported as fmt.Errorf(what+": %w", ref, err), what
+// naming the step with one %s for ref ("ensure customer %s").
+func queueExec(b *pgx.Batch, what, ref, sql string, args ...any) {
+	b.Queue(sql, args...).Fn = func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return fmt.Errorf(what+": %w", ref, err)
+		}
+		return nil
+	}
+}
 
 // Stripe is the part of Stripe's API the service reads.
 type Stripe interface {

@@ -14,23 +14,13 @@ import (
 // missing. It locks no row when the customer exists.
 func queueEnsureCustomer(b *pgx.Batch, customerID string) {
 	const q = `INSERT INTO stripe_customers (stripe_customer_id) VALUES ($1) ON CONFLICT DO NOTHING`
-	b.Queue(q, customerID).Fn = func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("ensure customer %s: %w", customerID, err)
-		}
-		return nil
-	}
+	queueExec(b, "ensure customer %s", customerID, q, customerID)
 }
 
 func queueMarkCustomerDeleted(b *pgx.Batch, customerID string) {
 	const q = `UPDATE stripe_customers SET deleted = true, updated_at = now()
 WHERE stripe_customer_id = $1 AND NOT deleted`
-	b.Queue(q, customerID).Fn = func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("mark customer %s deleted: %w", customerID, err)
-		}
-		return nil
-	}
+	queueExec(b, "mark customer %s deleted", customerID, q, customerID)
 }
 
 // linkKind says who asks for a mapping.
@@ -149,12 +139,7 @@ func queueLinkWrites(b *pgx.Batch, writes []linkWrite) {
 	const q = `UPDATE stripe_customers SET user_id = $2, linked_at = $3, updated_at = now()
 WHERE stripe_customer_id = $1`
 	for _, w := range writes {
-		b.Queue(q, w.customerID, w.userID, w.linkedAt).Fn = func(br pgx.BatchResults) error {
-			if _, err := br.Exec(); err != nil {
-				return fmt.Errorf("set mapping of %s: %w", w.customerID, err)
-			}
-			return nil
-		}
+		queueExec(b, "set mapping of %s", w.customerID, q, w.customerID, w.userID, w.linkedAt)
 	}
 }
 

@@ -63,13 +63,8 @@ VALUES ($1, $2, $3, $4, $5, 'processed', 1, $6, $7, now())
 ON CONFLICT (event_id) DO UPDATE SET
     status = 'processed', attempts = stripe_events.attempts + 1, last_error = excluded.last_error,
     processed_at = now(), updated_at = now()`
-	b.Queue(q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
-		nullString(note), json.RawMessage(ev.Payload)).Fn = func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("mark event %s processed: %w", ev.ID, err)
-		}
-		return nil
-	}
+	queueExec(b, "mark event %s processed", ev.ID, q, ev.ID, ev.Type, ev.APIVersion, nullString(customerID), ev.Created,
+		nullString(note), json.RawMessage(ev.Payload))
 }
 
 // recordIgnored records an event lockstep does not act on. It reports false

@@ -1,7 +1,6 @@
 package billing
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,11 +35,6 @@ WHERE i.stripe_customer_id = excluded.stripe_customer_id
 
 // queueApplyInvoice queues the upsert of inv as of at (the event's time).
 func queueApplyInvoice(b *pgx.Batch, inv *stripeapi.Invoice, at time.Time, source string) {
-	b.Queue(upsertInvoice, inv.ID, inv.CustomerID, nullString(inv.SubscriptionID), inv.Status,
-		inv.AmountDue, inv.AmountPaid, inv.Currency, at, source).Fn = func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
-			return fmt.Errorf("upsert invoice %s: %w", inv.ID, err)
-		}
-		return nil
-	}
+	queueExec(b, "upsert invoice %s", inv.ID, upsertInvoice, inv.ID, inv.CustomerID, nullString(inv.SubscriptionID), inv.Status,
+		inv.AmountDue, inv.AmountPaid, inv.Currency, at, source)
 }
