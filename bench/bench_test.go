@@ -284,7 +284,7 @@ func TestParseArgs(t *testing.T) {
 func TestEventTemplate(t *testing.T) {
 	t.Parallel()
 	tmpl := newEventTemplate()
-	body := tmpl.render(nil, "evt_bench_x_42", "cus_bench_x_7", "sub_bench_x_7", 1234567890)
+	body := tmpl.render(nil, "evt_bench_x_", 42, "cus_bench_x_7", "sub_bench_x_7", 1234567890)
 	ev, err := stripeapi.ParseEvent(body)
 	if err != nil {
 		t.Fatalf("ParseEvent: %v\n%s", err, body)

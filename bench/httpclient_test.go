@@ -452,12 +452,11 @@ func TestHTTPClientSender(t *testing.T) {
 	}))
 	defer srv.Close()
 
-	w := &workload{run: "x", tmpl: newEventTemplate(), customers: make([]customer, 1)}
-	w.idPrefix = w.eventIDPrefix()
+	w := &workload{run: "x", idPrefix: "evt_bench_x_", tmpl: newEventTemplate(), customers: make([]customer, 1)}
 	w.customers[0].id, w.customers[0].sub = "cus_1", "sub_1"
 	cu := &customer{session: "cs_1", user: "user_1"}
 	ev := sentEvent{n: 42, customer: 0, created: 1234567890}
-	if got, want := w.body(ev), w.tmpl.render(nil, "evt_bench_x_42", "cus_1", "sub_1", 1234567890); !bytes.Equal(got, want) {
+	if got, want := w.body(ev), w.tmpl.render(nil, "evt_bench_x_", 42, "cus_1", "sub_1", 1234567890); !bytes.Equal(got, want) {
 		t.Fatalf("body\n%s\nwant\n%s", got, want)
 	}
 
@@ -522,8 +521,7 @@ func TestHTTPClientAllocs(t *testing.T) {
 		t.Errorf("%v allocations per request", n)
 	}
 
-	w := &workload{run: "x", tmpl: newEventTemplate(), customers: make([]customer, 1)}
-	w.idPrefix = w.eventIDPrefix()
+	w := &workload{run: "x", idPrefix: "evt_bench_x_", tmpl: newEventTemplate(), customers: make([]customer, 1)}
 	w.customers[0].id, w.customers[0].sub = "cus_1", "sub_1"
 	var buf []byte
 	if n := testing.AllocsPerRun(100, func() { buf = w.appendBody(buf[:0], sentEvent{n: 7, created: 99}) }); n != 0 {

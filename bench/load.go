@@ -73,22 +73,14 @@ func newEventTemplate() *eventTemplate {
 	}
 }
 
-// render appends the event to dst.
-func (t *eventTemplate) render(dst []byte, eventID, customerID, subscriptionID string, created int64) []byte {
-	return t.renderN(dst, eventID, -1, customerID, subscriptionID, created)
-}
-
-// renderN appends the event to dst, its id being idPrefix followed by n
-// (by nothing when n < 0): the load's event ids, without making a string.
-func (t *eventTemplate) renderN(dst []byte, idPrefix string, n int64, customerID, subscriptionID string, created int64) []byte {
+// render appends the event to dst, its id being idPrefix followed by n:
+// the load's event ids, without making a string.
+func (t *eventTemplate) render(dst []byte, idPrefix string, n int64, customerID, subscriptionID string, created int64) []byte {
 	for i, h := range t.holes {
 		dst = append(dst, t.parts[i]...)
 		switch h {
 		case holeEvent:
-			dst = append(dst, idPrefix...)
-			if n >= 0 {
-				dst = strconv.AppendInt(dst, n, 10)
-			}
+			dst = strconv.AppendInt(append(dst, idPrefix...), n, 10)
 		case holeCustomer:
 			dst = append(dst, customerID...)
 		case holeSubscription:
@@ -126,7 +118,7 @@ type workload struct {
 	dup       float64
 	success   float64
 	tmpl      *eventTemplate
-	idPrefix  string // eventIDPrefix
+	idPrefix  string // of the run's event ids, followed by the event's number
 	base      int64  // created time of each customer's first event
 	next      atomic.Int64
 
@@ -146,7 +138,7 @@ func newWorkload(run string, n int, hot, storm bool, dup, success float64, fake 
 		// snapshot a checkout-success call fetched (at now) and is applied,
 		// the costliest path and the one the reference runs.
 		base: time.Now().Add(24 * time.Hour).Unix()}
-	w.idPrefix = w.eventIDPrefix()
+	w.idPrefix = "evt_bench_" + run + "_"
 	if hot && !storm {
 		n = 1
 	}
@@ -206,12 +198,6 @@ func (w *workload) redelivery() (sentEvent, bool) {
 	return w.recent[rand.IntN(n)], true
 }
 
-// eventIDPrefix is the start of the run's event ids, followed by the
-// event's number.
-func (w *workload) eventIDPrefix() string {
-	return "evt_bench_" + w.run + "_"
-}
-
 func (w *workload) body(ev sentEvent) []byte {
 	return w.appendBody(make([]byte, 0, w.tmpl.size()), ev)
 }
@@ -220,7 +206,7 @@ func (w *workload) body(ev sentEvent) []byte {
 // worker's one buffer.
 func (w *workload) appendBody(dst []byte, ev sentEvent) []byte {
 	c := &w.customers[ev.customer]
-	return w.tmpl.renderN(dst, w.idPrefix, ev.n, c.id, c.sub, ev.created)
+	return w.tmpl.render(dst, w.idPrefix, ev.n, c.id, c.sub, ev.created)
 }
 
 // samplePayload is an event as the load sends it, for the reference's
