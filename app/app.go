@@ -46,10 +46,36 @@ commands:
   bench [flags]         drive a running lockstep with a bounded load (bench -h)
 `
 
-// UsageError is a command line that makes no sense.
+// UsageError is a command line that makes no sense. The process exits 2.
 type UsageError struct{ Msg string }
 
 func (e *UsageError) Error() string { return e.Msg + " (lockstep help lists the commands)" }
+
+// ExitError ends the process with Code after printing Msg (when set). A
+// command uses it for an answer that is not a failure of the command, such
+// as verify finding drift (3).
+type ExitError struct {
+	Code int
+	Msg  string
+}
+
+func (e *ExitError) Error() string { return e.Msg }
+
+// ExitCode is the process exit code for err returned by Run: 0 for nil, 2
+// for a usage error, an ExitError's own code, else 1.
+func ExitCode(err error) int {
+	var usage *UsageError
+	var exit *ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &usage):
+		return 2
+	case errors.As(err, &exit):
+		return exit.Code
+	}
+	return 1
+}
 
 // Run runs the command named by args.
 func Run(ctx context.Context, args []string, env Env) error {

@@ -57,10 +57,12 @@ func queueExec(b *pgx.Batch, what, ref, sql string, args ...any) {
 	}
 }
 
-// Stripe is the part of Stripe's API the service reads.
+// Stripe is the part of Stripe's API the service reads. Each read returns
+// Stripe's time of the answer (its Date header): the time the stored
+// snapshot is dated with, so that Stripe's clock alone orders snapshots.
 type Stripe interface {
-	CheckoutSession(ctx context.Context, id string) (*stripeapi.CheckoutSession, error)
-	Subscription(ctx context.Context, id string) (*stripeapi.Subscription, error)
+	CheckoutSession(ctx context.Context, id string) (*stripeapi.CheckoutSession, time.Time, error)
+	Subscription(ctx context.Context, id string) (*stripeapi.Subscription, time.Time, error)
 }
 
 // Service applies webhooks and checkout-success calls.
@@ -69,7 +71,6 @@ type Service struct {
 	db     *pgxpool.Pool
 	stripe Stripe
 	log    *slog.Logger
-	now    func() time.Time
 }
 
 // NewService returns a Service writing through locks and reading Stripe
@@ -78,11 +79,5 @@ func NewService(locks *lockmgr.Manager, api Stripe, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log, now: time.Now}
-}
-
-// fetchTime is the moment a fetched object is taken to describe, in the
-// database's microsecond precision.
-func (s *Service) fetchTime() time.Time {
-	return s.now().UTC().Truncate(time.Microsecond)
+	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log}
 }

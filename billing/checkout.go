@@ -31,14 +31,13 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	if !stripeapi.ValidUserID(userID) {
 		return nil, ErrInvalidUser
 	}
-	sess, err := s.stripe.CheckoutSession(ctx, sessionID)
+	sess, fetchedAt, err := s.stripe.CheckoutSession(ctx, sessionID)
 	if errors.Is(err, stripeapi.ErrNotFound) {
 		return nil, ErrSessionNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read checkout session %s: %w", sessionID, err)
 	}
-	fetchedAt := s.fetchTime()
 	if sess.CustomerID != "" {
 		ctx = logging.With(ctx, slog.String("customer", sess.CustomerID))
 	}

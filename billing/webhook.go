@@ -145,13 +145,13 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 	res, err := s.applyEvent(ctx, ev, act, nil, time.Time{}, writer)
 	if errors.Is(err, errTie) {
 		// Two snapshots of the same second: ask Stripe, outside the lock.
-		fresh, ferr := s.stripe.Subscription(ctx, act.sub.ID)
+		fresh, freshAt, ferr := s.stripe.Subscription(ctx, act.sub.ID)
 		if ferr != nil {
 			err = fmt.Errorf("settle same-second events of subscription %s: %w", act.sub.ID, ferr)
 		} else {
 			s.log.InfoContext(ctx, "same-second subscription events settled from the api",
 				slog.String("event_id", ev.ID), slog.String("subscription", act.sub.ID))
-			res, err = s.applyEvent(ctx, ev, act, fresh, s.fetchTime(), writer)
+			res, err = s.applyEvent(ctx, ev, act, fresh, freshAt, writer)
 		}
 	}
 	if err != nil {

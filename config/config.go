@@ -28,6 +28,18 @@ type Config struct {
 	MaxConns           int32
 	ShutdownTimeout    time.Duration
 
+	// SweepInterval is how often serve sweeps Stripe's Events API for
+	// missed events (0: never); SweepLookback is how far back the first
+	// sweep looks.
+	SweepInterval time.Duration
+	SweepLookback time.Duration
+	// StripeAPIRPS is the client-side budget of Stripe API calls per
+	// second, shared by live calls and bulk work (sync, verify, sweep).
+	StripeAPIRPS int
+	// LedgerRetention is the age past which serve prunes processed and
+	// ignored events daily (0: keep them forever).
+	LedgerRetention time.Duration
+
 	// DevDefaults names the variables that were unset and filled with
 	// development values (only when Development).
 	DevDefaults []string
@@ -56,7 +68,8 @@ type Needs int
 
 const (
 	NeedDatabase Needs = 1 << iota
-	NeedServer         // listen address, secrets, tokens
+	NeedStripe         // the Stripe API key and base URL
+	NeedServer         // listen address, secrets, tokens; implies NeedStripe
 )
 
 // Load reads the environment through getenv.
@@ -89,6 +102,27 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 	if c.ShutdownTimeout, err = duration(getenv, "SHUTDOWN_TIMEOUT", 15*time.Second); err != nil {
 		errs = append(errs, err)
 	}
+	if c.SweepInterval, err = age(getenv, "STRIPE_SWEEP_INTERVAL", 5*time.Minute, true); err != nil {
+		errs = append(errs, err)
+	}
+	if c.SweepLookback, err = age(getenv, "STRIPE_SWEEP_LOOKBACK", 72*time.Hour, false); err != nil {
+		errs = append(errs, err)
+	} else if c.SweepLookback > 30*24*time.Hour {
+		add("STRIPE_SWEEP_LOOKBACK", "must be at most 30d (Stripe keeps 30 days of events)")
+	}
+	if c.LedgerRetention, err = age(getenv, "LEDGER_RETENTION", 0, true); err != nil {
+		errs = append(errs, err)
+	} else if c.LedgerRetention > 0 && c.LedgerRetention < 24*time.Hour {
+		add("LEDGER_RETENTION", "must be at least 1d (or 0 to keep every event)")
+	}
+	c.StripeAPIRPS = 20
+	if v := getenv("STRIPE_API_RPS"); v != "" {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 2 || n > 10000 {
+			add("STRIPE_API_RPS", fmt.Sprintf("must be a whole number from 2 to 10000, got %q", v))
+		}
+		c.StripeAPIRPS = n
+	}
 	c.MaxConns = 20
 	if v := getenv("DB_MAX_CONNS"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 32)
@@ -116,10 +150,22 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 			add("LISTEN_ADDR", fmt.Sprintf("has a bad port %q", port))
 		}
+		c.fill(getenv("STRIPE_WEBHOOK_SECRET"), add)
+	}
+	if needs&(NeedStripe|NeedServer) != 0 {
 		if u, err := url.Parse(c.StripeAPIBase); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			add("STRIPE_API_BASE", "must be an http(s) URL")
 		}
-		c.fill(getenv("STRIPE_WEBHOOK_SECRET"), add)
+		if c.StripeSecretKey == "" && c.Development {
+			c.StripeSecretKey = DevSecretKey
+			c.DevDefaults = append(c.DevDefaults, "STRIPE_SECRET_KEY")
+		}
+		switch {
+		case c.StripeSecretKey == "":
+			add("STRIPE_SECRET_KEY", "is required (sk_live_, sk_test_ or rk_ key)")
+		case !strings.HasPrefix(c.StripeSecretKey, "sk_") && !strings.HasPrefix(c.StripeSecretKey, "rk_"):
+			add("STRIPE_SECRET_KEY", "must start with sk_ or rk_")
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -144,7 +190,6 @@ func (c *Config) fill(secrets string, add func(v, reason string)) {
 		c.WebhookSecrets = []string{DevWebhookSecret}
 		c.DevDefaults = append(c.DevDefaults, "STRIPE_WEBHOOK_SECRET")
 	}
-	dev("STRIPE_SECRET_KEY", &c.StripeSecretKey, DevSecretKey)
 	dev("APP_API_TOKEN", &c.AppAPIToken, DevAppAPIToken)
 	dev("ADMIN_TOKEN", &c.AdminToken, DevAdminToken)
 
@@ -155,12 +200,6 @@ func (c *Config) fill(secrets string, add func(v, reason string)) {
 		if !strings.HasPrefix(s, "whsec_") || len(s) < len("whsec_")+8 {
 			add("STRIPE_WEBHOOK_SECRET", fmt.Sprintf("secret #%d is not a whsec_ secret", i+1))
 		}
-	}
-	switch {
-	case c.StripeSecretKey == "":
-		add("STRIPE_SECRET_KEY", "is required (sk_live_, sk_test_ or rk_ key)")
-	case !strings.HasPrefix(c.StripeSecretKey, "sk_") && !strings.HasPrefix(c.StripeSecretKey, "rk_"):
-		add("STRIPE_SECRET_KEY", "must start with sk_ or rk_")
 	}
 	if c.AppAPIToken == "" {
 		add("APP_API_TOKEN", "is required")
@@ -193,6 +232,45 @@ func duration(getenv func(string) string, name string, def time.Duration) (time.
 	d, err := time.ParseDuration(v)
 	if err != nil || d <= 0 || d > 10*time.Minute {
 		return 0, &Error{Var: name, Reason: fmt.Sprintf("must be a duration such as 1500ms, got %q", v)}
+	}
+	return d, nil
+}
+
+// age reads a duration that may be long: Go's units, or a whole number of
+// days ("90d"). zero allows "0" (off).
+func age(getenv func(string) string, name string, def time.Duration, zero bool) (time.Duration, error) {
+	v := strings.TrimSpace(getenv(name))
+	if v == "" {
+		return def, nil
+	}
+	d, err := ParseAge(v)
+	switch {
+	case err != nil:
+		return 0, &Error{Var: name, Reason: fmt.Sprintf("must be a duration such as 5m, 72h or 90d, got %q", v)}
+	case d == 0 && !zero:
+		return 0, &Error{Var: name, Reason: "must be longer than 0"}
+	}
+	return d, nil
+}
+
+// ParseAge parses a non-negative duration in Go's units ("5m", "72h") or in
+// whole days ("90d"), up to 10 years.
+func ParseAge(s string) (time.Duration, error) {
+	var d time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 3650 {
+			return 0, fmt.Errorf("bad number of days %q", s)
+		}
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, err
+		}
+	}
+	if d < 0 || d > 3650*24*time.Hour {
+		return 0, fmt.Errorf("duration %q out of range", s)
 	}
 	return d, nil
 }
@@ -242,9 +320,10 @@ func (c *Config) String() string {
 	for i, s := range c.WebhookSecrets {
 		secrets[i] = Redact(s)
 	}
-	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s",
+	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
 		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
-		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget)
+		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
+		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
 }
 
 func maskToken(t string) string {

@@ -39,6 +39,30 @@ func TestLoadGood(t *testing.T) {
 	}
 }
 
+// The convergence and retention settings default to what the README says,
+// and read days as well as Go's units.
+func TestLoadConvergenceSettings(t *testing.T) {
+	t.Parallel()
+	c, err := config.Load(getenv(good()), config.NeedDatabase|config.NeedStripe)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.SweepInterval != 5*time.Minute || c.SweepLookback != 72*time.Hour || c.StripeAPIRPS != 20 || c.LedgerRetention != 0 {
+		t.Fatalf("defaults: sweep %s lookback %s rps %d retention %s", c.SweepInterval, c.SweepLookback, c.StripeAPIRPS, c.LedgerRetention)
+	}
+	env := good()
+	env["STRIPE_SWEEP_INTERVAL"] = "0"
+	env["STRIPE_SWEEP_LOOKBACK"] = "30d"
+	env["STRIPE_API_RPS"] = "90"
+	env["LEDGER_RETENTION"] = "90d"
+	if c, err = config.Load(getenv(env), config.NeedDatabase); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.SweepInterval != 0 || c.SweepLookback != 30*24*time.Hour || c.StripeAPIRPS != 90 || c.LedgerRetention != 90*24*time.Hour {
+		t.Fatalf("set: sweep %s lookback %s rps %d retention %s", c.SweepInterval, c.SweepLookback, c.StripeAPIRPS, c.LedgerRetention)
+	}
+}
+
 // Each misconfiguration stops startup with one line that names the variable.
 func TestLoadMisconfiguration(t *testing.T) {
 	t.Parallel()
@@ -69,6 +93,16 @@ func TestLoadMisconfiguration(t *testing.T) {
 		{"admin token short", map[string]string{"ADMIN_TOKEN": "short"}, config.NeedServer, "ADMIN_TOKEN"},
 		{"db max conns", map[string]string{"DB_MAX_CONNS": "lots"}, config.NeedDatabase, "DB_MAX_CONNS"},
 		{"environment", map[string]string{"LOCKSTEP_ENV": "staging"}, config.NeedDatabase, "LOCKSTEP_ENV"},
+		{"stripe key missing for sync", map[string]string{"STRIPE_SECRET_KEY": ""}, config.NeedStripe, "STRIPE_SECRET_KEY"},
+		{"stripe api base for sync", map[string]string{"STRIPE_API_BASE": "stripe.com"}, config.NeedStripe, "STRIPE_API_BASE"},
+		{"sweep interval not a duration", map[string]string{"STRIPE_SWEEP_INTERVAL": "often"}, config.NeedDatabase, "STRIPE_SWEEP_INTERVAL"},
+		{"sweep interval negative", map[string]string{"STRIPE_SWEEP_INTERVAL": "-5m"}, config.NeedDatabase, "STRIPE_SWEEP_INTERVAL"},
+		{"sweep lookback past 30 days", map[string]string{"STRIPE_SWEEP_LOOKBACK": "31d"}, config.NeedDatabase, "STRIPE_SWEEP_LOOKBACK"},
+		{"sweep lookback zero", map[string]string{"STRIPE_SWEEP_LOOKBACK": "0"}, config.NeedDatabase, "STRIPE_SWEEP_LOOKBACK"},
+		{"api rps not a number", map[string]string{"STRIPE_API_RPS": "fast"}, config.NeedDatabase, "STRIPE_API_RPS"},
+		{"api rps one", map[string]string{"STRIPE_API_RPS": "1"}, config.NeedDatabase, "STRIPE_API_RPS"},
+		{"retention days not a number", map[string]string{"LEDGER_RETENTION": "ninety days"}, config.NeedDatabase, "LEDGER_RETENTION"},
+		{"retention under a day", map[string]string{"LEDGER_RETENTION": "1h"}, config.NeedDatabase, "LEDGER_RETENTION"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,7 +190,7 @@ func TestDevelopmentDefaults(t *testing.T) {
 	if c.WebhookSecrets[0] != config.DevWebhookSecret || c.AdminToken != config.DevAdminToken {
 		t.Fatalf("development values not filled: %+v", c)
 	}
-	want := []string{"STRIPE_WEBHOOK_SECRET", "STRIPE_SECRET_KEY", "APP_API_TOKEN", "ADMIN_TOKEN"}
+	want := []string{"STRIPE_WEBHOOK_SECRET", "APP_API_TOKEN", "ADMIN_TOKEN", "STRIPE_SECRET_KEY"}
 	if strings.Join(c.DevDefaults, ",") != strings.Join(want, ",") {
 		t.Fatalf("DevDefaults = %q, want %q", c.DevDefaults, want)
 	}

@@ -45,6 +45,10 @@ type Metrics struct {
 	lockWait         *prometheus.HistogramVec
 	lockHold         *prometheus.HistogramVec
 	httpDuration     *prometheus.HistogramVec
+	sweepRecovered   prometheus.Counter
+	sweepErrors      prometheus.Counter
+	stripeRequests   *prometheus.CounterVec
+	stripeWait       *prometheus.HistogramVec
 }
 
 // New registers lockstep's collectors on a fresh registry.
@@ -86,8 +90,25 @@ func New() *Metrics {
 		Namespace: namespace, Name: "http_request_duration_seconds",
 		Help: "HTTP request latency by route and status code.", Buckets: prometheus.DefBuckets,
 	}, []string{"route", "code"})
+	m.sweepRecovered = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "sweep_events_recovered_total",
+		Help: "Events the sweeper found in Stripe's Events API but not in the ledger, and processed.",
+	})
+	m.sweepErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "sweep_errors_total",
+		Help: "Sweeper passes that ended in an error (Stripe or the database); the next pass starts from the same cursor.",
+	})
+	m.stripeRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "stripe_api_requests_total",
+		Help: "Requests to Stripe's API by share of the budget (live: checkout-success and same-second reads; bulk: sync, verify, sweep) and answer (2xx, 4xx, 429, 5xx, error).",
+	}, []string{"share", "code"})
+	m.stripeWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "stripe_api_budget_wait_seconds",
+		Help: "Time a Stripe API call waited for the client-side budget (STRIPE_API_RPS), by share.", Buckets: lockBuckets,
+	}, []string{"share"})
 	m.Registry.MustRegister(m.webhookEvents, m.webhookRejected, m.secretMatched, m.checkoutOutcomes,
 		m.replays, m.retries, m.lockWait, m.lockHold, m.httpDuration,
+		m.sweepRecovered, m.sweepErrors, m.stripeRequests, m.stripeWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist from the start read 0 rather than "no data", so
 	// rates and ratios over them are defined before the first event.
@@ -99,6 +120,11 @@ func New() *Metrics {
 	}
 	for _, o := range []string{"processed", "duplicate", "ignored", "failed", "not_found"} {
 		m.replays.WithLabelValues(o)
+	}
+	for _, share := range []string{"live", "bulk"} {
+		for _, code := range []string{"2xx", "4xx", "429", "5xx", "error"} {
+			m.stripeRequests.WithLabelValues(share, code)
+		}
 	}
 	return m
 }
@@ -167,6 +193,56 @@ func (m *Metrics) LockHeld(writer string, d time.Duration) {
 // Retried implements lockmgr.Observer.
 func (m *Metrics) Retried(writer, sqlstate string) { m.retries.WithLabelValues(writer, sqlstate).Inc() }
 
+// SweepRecovered counts events the sweeper processed because the ledger
+// lacked them.
+func (m *Metrics) SweepRecovered(n int) { m.sweepRecovered.Add(float64(n)) }
+
+// SweepFailed counts a sweeper pass that ended in an error.
+func (m *Metrics) SweepFailed() { m.sweepErrors.Inc() }
+
+// StripeRequest counts one answer (or transport error, status 0) from
+// Stripe's API for a share of the budget ("live" or "bulk").
+func (m *Metrics) StripeRequest(share string, status int) {
+	code := "error"
+	switch {
+	case status == http.StatusTooManyRequests:
+		code = "429"
+	case status >= 200 && status < 300:
+		code = "2xx"
+	case status >= 400 && status < 500:
+		code = "4xx"
+	case status >= 500:
+		code = "5xx"
+	}
+	m.stripeRequests.WithLabelValues(share, code).Inc()
+}
+
+// StripeBudgetWaited records how long a Stripe call waited for the
+// client-side budget.
+func (m *Metrics) StripeBudgetWaited(share string, d time.Duration) {
+	m.stripeWait.WithLabelValues(share).Observe(d.Seconds())
+}
+
+// Convergence is what the database says of the sweeper and of verify runs,
+// read at scrape time so that runs of the CLI count too.
+type Convergence struct {
+	// SweepCursor is the Stripe time up to which the Events API has been
+	// swept; zero before the first sweep.
+	SweepCursor time.Time
+	// DriftFound and DriftRepaired count differences by "object.field"
+	// (subscription.status), over every verify run recorded.
+	DriftFound, DriftRepaired map[string]int64
+}
+
+// ConvergenceReader reads Convergence from the database.
+type ConvergenceReader func(ctx context.Context) (Convergence, error)
+
+// RegisterConvergence exports the sweep lag and the drift counts at scrape
+// time.
+func (m *Metrics) RegisterConvergence(read ConvergenceReader, log *slog.Logger) {
+	m.Registry.MustRegister(&convergenceCollector{read: read, log: log, now: time.Now})
+}
+
 // RegisterPool exports the pool's statistics at scrape time.
 func (m *Metrics) RegisterPool(pool *pgxpool.Pool) {
 	m.Registry.MustRegister(&poolCollector{pool: pool})
@@ -197,6 +273,46 @@ var (
 		"new_conns":    prometheus.NewDesc(namespace+"_db_pool_new_conns_total", "Connections opened by the pool.", nil, nil),
 	}
 )
+
+var (
+	sweepLagDesc = prometheus.NewDesc(namespace+"_sweep_lag_seconds",
+		"Age of the sweeper's cursor: how far behind now the Events API has been swept (absent before the first sweep).", nil, nil)
+	driftFoundDesc = prometheus.NewDesc(namespace+"_drift_found_total",
+		"Differences between stored state and Stripe's found by lockstep verify, by object and field.", []string{"object", "field"}, nil)
+	driftRepairedDesc = prometheus.NewDesc(namespace+"_drift_repaired_total",
+		"Differences mended by lockstep verify --repair, by object and field.", []string{"object", "field"}, nil)
+)
+
+type convergenceCollector struct {
+	read ConvergenceReader
+	log  *slog.Logger
+	now  func() time.Time
+}
+
+func (c *convergenceCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- sweepLagDesc
+	ch <- driftFoundDesc
+	ch <- driftRepairedDesc
+}
+
+func (c *convergenceCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := c.read(ctx)
+	if err != nil {
+		c.log.Warn("metrics: cannot read convergence state", slog.String("error", err.Error()))
+		return
+	}
+	if !st.SweepCursor.IsZero() {
+		ch <- prometheus.MustNewConstMetric(sweepLagDesc, prometheus.GaugeValue, max(0, c.now().Sub(st.SweepCursor).Seconds()))
+	}
+	for desc, counts := range map[*prometheus.Desc]map[string]int64{driftFoundDesc: st.DriftFound, driftRepairedDesc: st.DriftRepaired} {
+		for key, n := range counts {
+			object, field, _ := strings.Cut(key, ".")
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(n), object, field)
+		}
+	}
+}
 
 type ledgerCollector struct {
 	count LedgerCounter

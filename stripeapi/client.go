@@ -46,7 +46,10 @@ type rawObject struct {
 	stripe.APIResource
 }
 
-func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte, error) {
+// get reads path and returns the body with Stripe's time of the answer: its
+// Date header, in whole seconds. Stripe's clock, never lockstep's, dates the
+// snapshots lockstep stores.
+func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte, time.Time, error) {
 	params := &getParams{Params: stripe.Params{Context: ctx}}
 	for _, e := range expand {
 		params.Expand = append(params.Expand, stripe.String(e))
@@ -55,54 +58,80 @@ func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte
 	if err := c.backend.Call(http.MethodGet, path, c.key, params, &obj); err != nil {
 		var serr *stripe.Error
 		if errors.As(err, &serr) && (serr.HTTPStatusCode == http.StatusNotFound || serr.Code == stripe.ErrorCodeResourceMissing) {
-			return nil, ErrNotFound
+			return nil, time.Time{}, ErrNotFound
 		}
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, time.Time{}, ctx.Err()
 		}
 		// Stripe's message can quote the API key ("Invalid API Key provided:
 		// sk_test_****abcd"), so errors carry its status, type, code and
 		// request id, never its text.
 		if serr != nil {
-			return nil, fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
+			return nil, time.Time{}, fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
 				serr.HTTPStatusCode, serr.Type, serr.Code, serr.RequestID)
 		}
-		return nil, fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
+		return nil, time.Time{}, fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
 	}
 	if obj.LastResponse == nil {
-		return nil, fmt.Errorf("%w: GET %s: empty response", ErrUnavailable, path)
+		return nil, time.Time{}, fmt.Errorf("%w: GET %s: empty response", ErrUnavailable, path)
 	}
-	return obj.LastResponse.RawJSON, nil
+	at, err := responseTime(obj.LastResponse.Header)
+	if err != nil {
+		return nil, time.Time{}, fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
+	}
+	return obj.LastResponse.RawJSON, at, nil
 }
 
-// CheckoutSession fetches a checkout session with its subscription expanded.
-func (c *Client) CheckoutSession(ctx context.Context, id string) (*CheckoutSession, error) {
-	if !ValidID(id, "cs_") {
-		return nil, ErrNotFound
+// responseTime is the Date header of a Stripe answer: when Stripe read what
+// it sent, by Stripe's clock, to the second.
+func responseTime(h http.Header) (time.Time, error) {
+	v := h.Get("Date")
+	if v == "" {
+		return time.Time{}, errors.New("answer carries no Date header")
 	}
-	b, err := c.get(ctx, "/v1/checkout/sessions/"+id, "subscription")
+	t, err := http.ParseTime(v)
 	if err != nil {
-		return nil, err
+		return time.Time{}, fmt.Errorf("answer's Date header %.40q: %v", v, err)
 	}
-	s, err := ParseCheckoutSession(b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	return s, nil
+	return t.UTC(), nil
 }
 
-// Subscription fetches a subscription.
-func (c *Client) Subscription(ctx context.Context, id string) (*Subscription, error) {
-	if !ValidID(id, "sub_") {
-		return nil, ErrNotFound
+// CheckoutSession fetches a checkout session with its subscription
+// expanded, and Stripe's time of the answer.
+func (c *Client) CheckoutSession(ctx context.Context, id string) (*CheckoutSession, time.Time, error) {
+	return fetch(ctx, c, "/v1/checkout/sessions/", id, "cs_", ParseCheckoutSession, "subscription")
+}
+
+// Subscription fetches a subscription, and Stripe's time of the answer.
+func (c *Client) Subscription(ctx context.Context, id string) (*Subscription, time.Time, error) {
+	return fetch(ctx, c, "/v1/subscriptions/", id, "sub_", ParseSubscription)
+}
+
+// Customer fetches a customer (a deleted one answers its deleted stub), and
+// Stripe's time of the answer.
+func (c *Client) Customer(ctx context.Context, id string) (*Customer, time.Time, error) {
+	return fetch(ctx, c, "/v1/customers/", id, "cus_", ParseCustomer)
+}
+
+// Invoice fetches an invoice, and Stripe's time of the answer.
+func (c *Client) Invoice(ctx context.Context, id string) (*Invoice, time.Time, error) {
+	return fetch(ctx, c, "/v1/invoices/", id, "in_", ParseInvoice)
+}
+
+// fetch reads one object by id (refusing ids that are not Stripe's of that
+// kind without asking) and parses it.
+func fetch[T any](ctx context.Context, c *Client, path, id, prefix string, parse func([]byte) (T, error), expand ...string) (T, time.Time, error) {
+	var zero T
+	if !ValidID(id, prefix) {
+		return zero, time.Time{}, ErrNotFound
 	}
-	b, err := c.get(ctx, "/v1/subscriptions/"+id)
+	b, at, err := c.get(ctx, path+id, expand...)
 	if err != nil {
-		return nil, err
+		return zero, time.Time{}, err
 	}
-	s, err := ParseSubscription(b)
+	obj, err := parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return zero, time.Time{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	return s, nil
+	return obj, at, nil
 }
