@@ -65,41 +65,51 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	// mapping read and the subscription, behind BEGIN and the lock; then the
 	// mapping writes the rules decide, if any. A refusal rolls everything
 	// back.
-	err = s.locks.InCustomerTx(ctx, sess.CustomerID, lockmgr.Who{Writer: "checkout", Ref: sess.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
-		res.Mapping, res.Subscription = "", nil
-		b := &pgx.Batch{}
-		queueEnsureCustomer(b, sess.CustomerID)
-		found := queueReadLink(b, sess.CustomerID, userID)
-		var sw *subscriptionWrite
-		if sub != nil {
-			sw = queueApplySubscription(b, sub, fetchedAt, "api")
-		}
-		if err := tx.SendBatch(ctx, b); err != nil {
-			return err
-		}
-		if sw != nil {
-			if err := sw.settle(ctx, tx); err != nil {
-				return err
-			}
-		}
-		link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
-		if err != nil {
-			return err
-		}
-		if len(writes) > 0 {
+	// Two snapshots of the same second (this read and an event's) settle
+	// from the API, outside the lock.
+	err = s.settleTies(ctx, func(fresh *snapshot) error {
+		return s.locks.InCustomerTx(ctx, sess.CustomerID, lockmgr.Who{Writer: "checkout", Ref: sess.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
+			res.Mapping, res.Subscription = "", nil
 			b := &pgx.Batch{}
-			queueLinkWrites(b, writes)
+			queueEnsureCustomer(b, sess.CustomerID)
+			found := queueReadLink(b, sess.CustomerID, userID)
+			var sw *subscriptionWrite
+			switch {
+			case fresh != nil:
+				sw = queueApplySubscription(b, *fresh)
+			case sub != nil:
+				sw = queueApplySubscription(b, snapshot{sub: sub, at: fetchedAt, source: "api"})
+			}
 			if err := tx.SendBatch(ctx, b); err != nil {
 				return err
 			}
-		}
-		res.Mapping = link
-		// A superseded customer is not the user's: nothing to show.
-		if sw != nil && link != LinkSuperseded {
-			v := sw.view
-			res.Subscription = &v
-		}
-		return nil
+			if sw != nil {
+				if err := sw.settle(ctx, tx); err != nil {
+					return err
+				}
+				if sw.tie != nil {
+					return sw.tie
+				}
+			}
+			link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
+			if err != nil {
+				return err
+			}
+			if len(writes) > 0 {
+				b := &pgx.Batch{}
+				queueLinkWrites(b, writes)
+				if err := tx.SendBatch(ctx, b); err != nil {
+					return err
+				}
+			}
+			res.Mapping = link
+			// A superseded customer is not the user's: nothing to show.
+			if sw != nil && link != LinkSuperseded {
+				v := sw.view
+				res.Subscription = &v
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, err

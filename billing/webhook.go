@@ -3,7 +3,6 @@ package billing
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -142,18 +141,13 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 		return EventResult{Outcome: Duplicate}, nil
 	}
 
-	res, err := s.applyEvent(ctx, ev, act, nil, time.Time{}, writer)
-	if errors.Is(err, errTie) {
-		// Two snapshots of the same second: ask Stripe, outside the lock.
-		fresh, freshAt, ferr := s.stripe.Subscription(ctx, act.sub.ID)
-		if ferr != nil {
-			err = fmt.Errorf("settle same-second events of subscription %s: %w", act.sub.ID, ferr)
-		} else {
-			s.log.InfoContext(ctx, "same-second subscription events settled from the api",
-				slog.String("event_id", ev.ID), slog.String("subscription", act.sub.ID))
-			res, err = s.applyEvent(ctx, ev, act, fresh, freshAt, writer)
-		}
-	}
+	// Two snapshots of the same second settle from the API, outside the lock.
+	var res EventResult
+	err = s.settleTies(ctx, func(fresh *snapshot) error {
+		var err error
+		res, err = s.applyEvent(ctx, ev, act, fresh, writer)
+		return err
+	})
 	if err != nil {
 		return s.fail(ctx, ev, act, err)
 	}
@@ -185,12 +179,13 @@ func (s *Service) fail(ctx context.Context, ev *stripeapi.Event, act *action, ca
 var errDuplicate = errors.New("event already processed")
 
 // applyEvent runs the event's transaction. fresh, when set, is the
-// subscription as fetched from Stripe at freshAt and replaces the event's own.
-func (s *Service) applyEvent(ctx context.Context, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time, writer string) (EventResult, error) {
+// subscription as fetched from Stripe to settle a tie, and replaces the
+// event's own.
+func (s *Service) applyEvent(ctx context.Context, ev *stripeapi.Event, act *action, fresh *snapshot, writer string) (EventResult, error) {
 	var res EventResult
 	err := s.locks.InCustomerTx(ctx, act.customerID, lockmgr.Who{Writer: writer, Ref: ev.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
 		var err error
-		res, err = s.apply(ctx, tx, ev, act, fresh, freshAt)
+		res, err = s.apply(ctx, tx, ev, act, fresh)
 		return err
 	})
 	if errors.Is(err, errDuplicate) {
@@ -208,7 +203,7 @@ func (s *Service) applyEvent(ctx context.Context, ev *stripeapi.Event, act *acti
 // event, and rolls back if so (errDuplicate). An event that names a user
 // reads the mapping in that trip too; the second trip carries what the
 // mapping rules decide and the mark, with a note when a change was refused.
-func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event, act *action, fresh *stripeapi.Subscription, freshAt time.Time) (EventResult, error) {
+func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event, act *action, fresh *snapshot) (EventResult, error) {
 	b := &pgx.Batch{}
 	var status string
 	queueEventStatus(b, ev.ID, &status)
@@ -216,9 +211,9 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 	var sw *subscriptionWrite
 	switch {
 	case act.sub != nil && fresh != nil:
-		sw = queueApplySubscription(b, fresh, freshAt, "api")
+		sw = queueApplySubscription(b, *fresh)
 	case act.sub != nil:
-		sw = queueApplySubscription(b, act.sub, ev.Created, ev.ID)
+		sw = queueApplySubscription(b, snapshot{sub: act.sub, at: ev.Created, source: ev.ID})
 	case act.invoice != nil:
 		queueApplyInvoice(b, act.invoice, ev.Created, ev.ID)
 	}
@@ -251,8 +246,8 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 		}
 	}
 	switch {
-	case sw != nil && sw.tie:
-		return EventResult{}, errTie
+	case sw != nil && sw.tie != nil:
+		return EventResult{}, sw.tie
 	case found == nil:
 		return EventResult{Outcome: Processed, Note: note}, nil
 	}
