@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -31,10 +32,22 @@ WHERE i.stripe_customer_id = excluded.stripe_customer_id
        OR excluded.status IN ('paid', 'void')
        OR (excluded.source_time = i.source_time
            AND (CASE excluded.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible' THEN 2 ELSE 3 END)
-             > (CASE i.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible' THEN 2 ELSE 3 END)))`
+             > (CASE i.status WHEN 'draft' THEN 0 WHEN 'open' THEN 1 WHEN 'uncollectible' THEN 2 ELSE 3 END)))
+RETURNING true`
 
-// queueApplyInvoice queues the upsert of inv as of at (the event's time).
-func queueApplyInvoice(b *pgx.Batch, inv *stripeapi.Invoice, at time.Time, source string) {
-	queueExec(b, "upsert invoice %s", inv.ID, upsertInvoice, inv.ID, inv.CustomerID, nullString(inv.SubscriptionID), inv.Status,
-		inv.AmountDue, inv.AmountPaid, inv.Currency, at, source)
+// queueApplyInvoice queues the upsert of inv as of at (an event's created
+// time, or Stripe's time of the API answer that carried it), from source
+// (the event id, or "api"). *applied is whether it was stored, once the
+// batch ran.
+func queueApplyInvoice(b *pgx.Batch, inv *stripeapi.Invoice, at time.Time, source string) *bool {
+	applied := new(bool)
+	b.Queue(upsertInvoice, inv.ID, inv.CustomerID, nullString(inv.SubscriptionID), inv.Status,
+		inv.AmountDue, inv.AmountPaid, inv.Currency, at, source).Fn = func(br pgx.BatchResults) error {
+		err := br.QueryRow().Scan(applied)
+		if err != nil && !isNoRows(err) {
+			return fmt.Errorf("upsert invoice %s: %w", inv.ID, err)
+		}
+		return nil
+	}
+	return applied
 }

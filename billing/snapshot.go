@@ -1,0 +1,278 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// Change is one difference between what lockstep stores and what Stripe
+// says: what a sync writes (or, in a dry run, would write), and what verify
+// reports.
+type Change struct {
+	Object string // customer, mapping, subscription, invoice
+	ID     string
+	Field  string // "" when the whole object is missing on one side
+	Stored string // "" when lockstep has no such object
+	Stripe string // "" when Stripe has no such object
+}
+
+// Key is the change's object and field, "subscription.status", the label
+// of the drift metrics ("subscription.missing" for a missing object).
+func (c Change) Key() string {
+	if c.Field == "" {
+		return c.Object + ".missing"
+	}
+	return c.Object + "." + c.Field
+}
+
+func (c Change) String() string {
+	if c.Field == "" {
+		switch {
+		case c.Stored == "":
+			return fmt.Sprintf("%s %s: not stored; Stripe has it (%s)", c.Object, c.ID, c.Stripe)
+		default:
+			return fmt.Sprintf("%s %s: stored (%s); Stripe has no such %s", c.Object, c.ID, c.Stored, c.Object)
+		}
+	}
+	return fmt.Sprintf("%s %s %s: stored %s, Stripe says %s", c.Object, c.ID, c.Field, quote(c.Stored), quote(c.Stripe))
+}
+
+func quote(s string) string {
+	if s == "" {
+		return `""`
+	}
+	return s
+}
+
+// ApplyOptions says who applies a snapshot read from Stripe's API, and
+// whether to keep what it writes.
+type ApplyOptions struct {
+	Writer string // for pg_stat_activity and the metrics: "sync", "verify"
+	// DryRun runs the same transaction, with the same locks and rules,
+	// and rolls it back: the changes are what would be written.
+	DryRun bool
+}
+
+// errDryRun rolls back a dry run's transaction once its changes are known.
+var errDryRun = errors.New("dry run")
+
+// inSnapshotTx runs fn under customerID's lock, as o says.
+func (s *Service) inSnapshotTx(ctx context.Context, customerID, ref string, o ApplyOptions, fn func(ctx context.Context, tx *lockmgr.Tx) error) error {
+	err := s.locks.InCustomerTx(ctx, customerID, lockmgr.Who{Writer: o.Writer, Ref: ref}, func(ctx context.Context, tx *lockmgr.Tx) error {
+		if err := fn(ctx, tx); err != nil {
+			return err
+		}
+		if o.DryRun {
+			return errDryRun // rolls back
+		}
+		return nil
+	})
+	if errors.Is(err, errDryRun) {
+		return nil
+	}
+	return err
+}
+
+// ApplyCustomer stores a customer read from Stripe: its row, its deletion,
+// and the user its metadata names (metadata.user_id) under the same rules as
+// a webhook: only when neither the customer nor the user is mapped yet. A
+// refused mapping is a note, not an error.
+func (s *Service) ApplyCustomer(ctx context.Context, c stripeapi.Dated[*stripeapi.Customer], o ApplyOptions) (changes []Change, note string, err error) {
+	cust := c.Obj
+	user := cust.MetadataUserID
+	if user != "" && !stripeapi.ValidUserID(user) {
+		note, user = "mapping refused: metadata.user_id is not a valid user id", ""
+	}
+	err = s.inSnapshotTx(ctx, cust.ID, cust.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
+		changes, note = nil, ""
+		b := &pgx.Batch{}
+		var existed, wasDeleted bool
+		b.Queue(`SELECT deleted FROM stripe_customers WHERE stripe_customer_id = $1`, cust.ID).Fn = func(br pgx.BatchResults) error {
+			err := br.QueryRow().Scan(&wasDeleted)
+			existed = err == nil
+			if err != nil && !isNoRows(err) {
+				return fmt.Errorf("read customer %s: %w", cust.ID, err)
+			}
+			return nil
+		}
+		queueEnsureCustomer(b, cust.ID)
+		var found *[]linkRow
+		if user != "" {
+			found = queueReadLink(b, cust.ID, user)
+		}
+		if cust.Deleted {
+			queueMarkCustomerDeleted(b, cust.ID)
+		}
+		if err := tx.SendBatch(ctx, b); err != nil {
+			return err
+		}
+		if !existed {
+			changes = append(changes, Change{Object: "customer", ID: cust.ID, Stripe: state(cust.Deleted, "deleted", "present")})
+		} else if cust.Deleted && !wasDeleted {
+			changes = append(changes, Change{Object: "customer", ID: cust.ID, Field: "deleted", Stored: "false", Stripe: "true"})
+		}
+		if found == nil {
+			return nil
+		}
+		res, writes, err := decideLink(cust.ID, user, cust.Created, webhookLink, *found)
+		switch {
+		case errors.Is(err, ErrCustomerClaimed):
+			note = "mapping refused: customer is mapped to another user"
+			return nil
+		case err != nil:
+			return err
+		case res == LinkRefused:
+			note = "mapping refused: user is mapped to another customer"
+			return nil
+		case len(writes) == 0:
+			return nil
+		}
+		b = &pgx.Batch{}
+		queueLinkWrites(b, writes)
+		if err := tx.SendBatch(ctx, b); err != nil {
+			return err
+		}
+		changes = append(changes, Change{Object: "mapping", ID: cust.ID, Field: "user_id", Stripe: user})
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("apply customer %s: %w", cust.ID, err)
+	}
+	return changes, note, nil
+}
+
+func state(b bool, yes, no string) string {
+	if b {
+		return yes
+	}
+	return no
+}
+
+// ApplySubscription stores a subscription read from Stripe, dated by the
+// answer that carried it, under the same ordering rules as a webhook: a
+// newer stored snapshot is kept, a terminal one is final, and a snapshot of
+// the same second with other content is settled by reading Stripe again.
+func (s *Service) ApplySubscription(ctx context.Context, d stripeapi.Dated[*stripeapi.Subscription], o ApplyOptions) ([]Change, error) {
+	sub := d.Obj
+	if sub.CustomerID == "" {
+		return nil, fmt.Errorf("apply subscription %s: it names no customer", sub.ID)
+	}
+	var changes []Change
+	err := s.settleTies(ctx, func(fresh *snapshot) error {
+		snap := snapshot{sub: sub, at: d.At, source: "api"}
+		if fresh != nil {
+			snap = *fresh
+		}
+		return s.inSnapshotTx(ctx, sub.CustomerID, sub.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
+			changes = nil
+			b := &pgx.Batch{}
+			var old *SubscriptionView
+			b.Queue(`SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end
+FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(br pgx.BatchResults) error {
+				v := SubscriptionView{ID: sub.ID}
+				err := br.QueryRow().Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd)
+				switch {
+				case isNoRows(err):
+				case err != nil:
+					return fmt.Errorf("read subscription %s: %w", sub.ID, err)
+				default:
+					old = &v
+				}
+				return nil
+			}
+			queueEnsureCustomer(b, sub.CustomerID)
+			sw := queueApplySubscription(b, snap)
+			if err := tx.SendBatch(ctx, b); err != nil {
+				return err
+			}
+			if err := sw.settle(ctx, tx); err != nil {
+				return err
+			}
+			if sw.tie != nil {
+				return sw.tie
+			}
+			if !sw.stale {
+				changes = subscriptionChanges(old, &sw.view)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply subscription %s: %w", sub.ID, err)
+	}
+	return changes, nil
+}
+
+// subscriptionChanges lists the fields the paywall reads that differ
+// between stored (nil when missing) and other.
+func subscriptionChanges(stored, other *SubscriptionView) []Change {
+	if stored == nil {
+		return []Change{{Object: "subscription", ID: other.ID, Stripe: other.Status}}
+	}
+	var out []Change
+	add := func(field, a, b string) {
+		if a != b {
+			out = append(out, Change{Object: "subscription", ID: other.ID, Field: field, Stored: a, Stripe: b})
+		}
+	}
+	add("status", stored.Status, other.Status)
+	add("price", stored.PriceID, other.PriceID)
+	add("current_period_end", timeString(stored.CurrentPeriodEnd), timeString(other.CurrentPeriodEnd))
+	add("cancel_at_period_end", strconv.FormatBool(stored.CancelAtPeriodEnd), strconv.FormatBool(other.CancelAtPeriodEnd))
+	return out
+}
+
+func timeString(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// ApplyInvoice stores an invoice read from Stripe, dated by the answer
+// that carried it, under the same rules as an invoice event.
+func (s *Service) ApplyInvoice(ctx context.Context, d stripeapi.Dated[*stripeapi.Invoice], o ApplyOptions) ([]Change, error) {
+	inv := d.Obj
+	if inv.CustomerID == "" {
+		return nil, fmt.Errorf("apply invoice %s: it names no customer", inv.ID)
+	}
+	var changes []Change
+	err := s.inSnapshotTx(ctx, inv.CustomerID, inv.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
+		changes = nil
+		b := &pgx.Batch{}
+		oldStatus, existed := "", false
+		b.Queue(`SELECT status FROM stripe_invoices WHERE stripe_invoice_id = $1`, inv.ID).Fn = func(br pgx.BatchResults) error {
+			err := br.QueryRow().Scan(&oldStatus)
+			existed = err == nil
+			if err != nil && !isNoRows(err) {
+				return fmt.Errorf("read invoice %s: %w", inv.ID, err)
+			}
+			return nil
+		}
+		queueEnsureCustomer(b, inv.CustomerID)
+		applied := queueApplyInvoice(b, inv, d.At, "api")
+		if err := tx.SendBatch(ctx, b); err != nil {
+			return err
+		}
+		switch {
+		case !*applied:
+		case !existed:
+			changes = []Change{{Object: "invoice", ID: inv.ID, Stripe: inv.Status}}
+		case oldStatus != inv.Status:
+			changes = []Change{{Object: "invoice", ID: inv.ID, Field: "status", Stored: oldStatus, Stripe: inv.Status}}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply invoice %s: %w", inv.ID, err)
+	}
+	return changes, nil
+}

@@ -1,0 +1,230 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// ErrSweepBusy means another sweeper (a replica, or `lockstep sweep`) holds
+// the lease.
+var ErrSweepBusy = errors.New("another sweeper holds the lease")
+
+// SweepOptions says how a sweeper pass runs.
+type SweepOptions struct {
+	// Owner names this sweeper in the lease (host and pid).
+	Owner string
+	// Lease is how long the lease lasts unless renewed (default 2m); a
+	// sweeper that dies frees it by letting it run out.
+	Lease time.Duration
+	// Lookback is where the first pass starts, before any cursor is stored
+	// (default 72h, Stripe's retry window in live mode).
+	Lookback time.Duration
+	// Since, when set, starts this pass that far back whatever the cursor
+	// says (`lockstep sweep --since`).
+	Since time.Duration
+	// Overlap is how far before the cursor each pass starts again
+	// (default 10m): events can appear in the list a little after their
+	// created time, and the cursor and Stripe's clock need not agree.
+	Overlap time.Duration
+}
+
+// SweepResult is what one pass did.
+type SweepResult struct {
+	From      time.Time // created[gte] of the list
+	Listed    int       // events of handled types listed
+	Missing   int       // of which the ledger lacked
+	Recovered int       // processed (or recorded ignored) now
+	Failed    int       // recorded failed: replay or Stripe's redelivery will retry them
+	Cursor    time.Time // where the next pass starts (less the overlap)
+}
+
+const sweeperName = "events"
+
+// Sweep is one pass of the sweeper: it lists Stripe's Events API from the
+// stored cursor (less an overlap) and processes, oldest first, every event
+// of a handled type that the ledger lacks, through the same path as a
+// webhook. Events in the ledger, whatever their status, are left alone
+// (failed ones are replay's). Only one sweeper runs at a time: the lease is
+// a row taken and renewed by single statements, so it holds behind
+// PgBouncer's transaction pooling.
+func (s *Service) Sweep(ctx context.Context, api Lister, o SweepOptions) (SweepResult, error) {
+	if o.Lease <= 0 {
+		o.Lease = 2 * time.Minute
+	}
+	if o.Lookback <= 0 {
+		o.Lookback = 72 * time.Hour
+	}
+	if o.Overlap <= 0 {
+		o.Overlap = 10 * time.Minute
+	}
+	cursor, err := s.takeSweepLease(ctx, o)
+	if err != nil {
+		return SweepResult{}, err
+	}
+	// The list starts now by this clock: the cursor only bounds the window,
+	// and the overlap absorbs any skew between this clock and Stripe's.
+	listStart := time.Now()
+	res := SweepResult{From: listStart.Add(-o.Lookback)}
+	switch {
+	case o.Since > 0:
+		res.From = listStart.Add(-o.Since)
+	case cursor != nil:
+		res.From = cursor.Add(-o.Overlap)
+	}
+	if floor := listStart.Add(-30 * 24 * time.Hour); res.From.Before(floor) {
+		res.From = floor // Stripe keeps 30 days
+	}
+	err = s.sweep(ctx, api, o, &res)
+	if err == nil {
+		res.Cursor = listStart
+	}
+	if ferr := s.releaseSweepLease(ctx, o.Owner, res, err); ferr != nil && err == nil {
+		err = ferr
+	}
+	return res, err
+}
+
+func (s *Service) sweep(ctx context.Context, api Lister, o SweepOptions, res *SweepResult) error {
+	types := slices.Sorted(maps.Keys(handledTypes))
+	var missing []*stripeapi.Event
+	var page []*stripeapi.Event
+	renewed := time.Now()
+	check := func() error {
+		if len(page) == 0 {
+			return nil
+		}
+		ids := make([]string, len(page))
+		for i, ev := range page {
+			ids[i] = ev.ID
+		}
+		rows, err := s.db.Query(ctx, `SELECT event_id FROM stripe_events WHERE event_id = ANY($1)`, ids)
+		if err != nil {
+			return fmt.Errorf("sweep: read ledger: %w", err)
+		}
+		known, err := collectStrings(rows)
+		if err != nil {
+			return fmt.Errorf("sweep: read ledger: %w", err)
+		}
+		for _, ev := range page {
+			if !slices.Contains(known, ev.ID) {
+				missing = append(missing, ev)
+			}
+		}
+		page = page[:0]
+		if time.Since(renewed) > o.Lease/4 {
+			renewed = time.Now()
+			return s.renewSweepLease(ctx, o)
+		}
+		return nil
+	}
+	for ev, err := range api.Events(ctx, stripeapi.ListParams{CreatedGTE: res.From}, types) {
+		if err != nil {
+			return fmt.Errorf("sweep: list events: %w", err)
+		}
+		if _, ok := handledTypes[ev.Type]; !ok {
+			continue
+		}
+		res.Listed++
+		page = append(page, ev)
+		if len(page) == 100 {
+			if err := check(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := check(); err != nil {
+		return err
+	}
+	res.Missing = len(missing)
+	// Oldest first, so each customer's events apply in Stripe's order; the
+	// list is newest first, so equal times keep the list's order reversed.
+	slices.Reverse(missing)
+	slices.SortStableFunc(missing, func(a, b *stripeapi.Event) int { return a.Created.Compare(b.Created) })
+	for i, ev := range missing {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r, err := s.processEvent(ctx, ev, "sweeper")
+		switch {
+		case err != nil:
+			res.Failed++
+			s.log.WarnContext(ctx, "sweeper: event failed; recorded for replay", slog.String("event_id", ev.ID),
+				slog.String("error", err.Error()))
+		case r.Outcome == Processed || r.Outcome == Ignored:
+			res.Recovered++
+			s.log.InfoContext(ctx, "sweeper: recovered a missed event", slog.String("event_id", ev.ID),
+				slog.String("type", ev.Type))
+		}
+		if i%50 == 49 && time.Since(renewed) > o.Lease/4 {
+			renewed = time.Now()
+			if err := s.renewSweepLease(ctx, o); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// takeSweepLease takes the lease, free or run out or already ours, and
+// returns the stored cursor (nil before the first pass).
+func (s *Service) takeSweepLease(ctx context.Context, o SweepOptions) (*time.Time, error) {
+	const q = `
+INSERT INTO stripe_sweeper AS w (name, lease_owner, lease_until) VALUES ($1, $2, now() + make_interval(secs => $3))
+ON CONFLICT (name) DO UPDATE SET lease_owner = excluded.lease_owner, lease_until = excluded.lease_until
+WHERE w.lease_until IS NULL OR w.lease_until < now() OR w.lease_owner = excluded.lease_owner
+RETURNING cursor`
+	var cursor *time.Time
+	err := s.db.QueryRow(ctx, q, sweeperName, o.Owner, o.Lease.Seconds()).Scan(&cursor)
+	if isNoRows(err) {
+		var owner string
+		var until time.Time
+		if err := s.db.QueryRow(ctx, `SELECT lease_owner, lease_until FROM stripe_sweeper WHERE name = $1`, sweeperName).
+			Scan(&owner, &until); err != nil {
+			return nil, fmt.Errorf("%w (and reading it: %v)", ErrSweepBusy, err)
+		}
+		return nil, fmt.Errorf("%w: %s, until %s", ErrSweepBusy, owner, until.UTC().Format(time.RFC3339))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sweep: take lease: %w", err)
+	}
+	return cursor, nil
+}
+
+func (s *Service) renewSweepLease(ctx context.Context, o SweepOptions) error {
+	tag, err := s.db.Exec(ctx, `UPDATE stripe_sweeper SET lease_until = now() + make_interval(secs => $3)
+WHERE name = $1 AND lease_owner = $2`, sweeperName, o.Owner, o.Lease.Seconds())
+	if err != nil {
+		return fmt.Errorf("sweep: renew lease: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("sweep: lost the lease")
+	}
+	return nil
+}
+
+// releaseSweepLease frees the lease and, after a pass that succeeded, moves
+// the cursor (never backwards).
+func (s *Service) releaseSweepLease(ctx context.Context, owner string, res SweepResult, passErr error) error {
+	const q = `UPDATE stripe_sweeper SET lease_until = NULL, last_run_at = now(),
+    cursor = CASE WHEN $3::timestamptz IS NULL THEN cursor ELSE greatest(cursor, $3) END,
+    last_error = $4, recovered = recovered + $5
+WHERE name = $1 AND lease_owner = $2`
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var lastErr *string
+	if passErr != nil {
+		msg := truncate(passErr.Error(), maxErrorLen)
+		lastErr = &msg
+	}
+	if _, err := s.db.Exec(ctx, q, sweeperName, owner, nullTime(res.Cursor), lastErr, res.Recovered); err != nil {
+		return fmt.Errorf("sweep: release lease: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,392 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// Lister is the part of Stripe's API that bulk work reads: sync, verify and
+// the sweeper. Each list is newest first, as Stripe returns it, and dates
+// each object by the answer that carried it.
+type Lister interface {
+	Stripe
+	Customer(ctx context.Context, id string) (*stripeapi.Customer, time.Time, error)
+	Customers(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Customer], error]
+	Subscriptions(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Subscription], error]
+	Invoices(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Invoice], error]
+	Events(ctx context.Context, p stripeapi.ListParams, types []string) iter.Seq2[*stripeapi.Event, error]
+}
+
+// SyncOptions says what `lockstep sync` backfills.
+type SyncOptions struct {
+	Customer string    // one customer; "" for the whole account
+	Since    time.Time // only objects created since; zero for all
+	DryRun   bool      // say what would change, write nothing (and keep no cursor)
+	// InvoicesPerCustomer is how many of each customer's newest invoices
+	// are read when Since is zero (default 10). With Since, every invoice
+	// created since is read.
+	InvoicesPerCustomer int
+	// Workers apply the objects of one page at once (default 4); pages
+	// are read one after another, so the cursor is always a whole page.
+	Workers int
+	// Progress, when set, is called after each page and at the end.
+	Progress func(SyncProgress)
+	// Change, when set, is called for every change written (or, in a dry
+	// run, that would be), and Note for every refused mapping.
+	Change func(Change)
+	Note   func(id, note string)
+}
+
+// SyncProgress is where a sync stands.
+type SyncProgress struct {
+	Phase     string // customers, subscriptions, invoices, done
+	Read      int64  // objects read from Stripe, this run and the runs it resumes
+	Written   int64  // objects whose stored state changed
+	Resumed   bool   // this run continues an interrupted one
+	Elapsed   time.Duration
+	ReadNow   int64 // objects read by this process, for the rate
+	PhaseDone int   // invoices phase by customer: customers done so far
+	PhaseAll  int   // and in all, for an ETA (0 when unknown)
+}
+
+var syncPhases = []string{"customers", "subscriptions", "invoices", "done"}
+
+// syncRun is a row of stripe_sync_runs: where a sync stands.
+type syncRun struct {
+	id      int64
+	phase   string
+	after   string
+	read    int64
+	written int64
+	resumed bool
+}
+
+// Sync backfills customers, subscriptions and invoices from Stripe's list
+// endpoints into the store, each object under its customer's lock with the
+// same rules as a webhook, so it is safe while webhooks and checkout-success
+// calls race it. Progress is kept after every page in stripe_sync_runs: a
+// run that was interrupted continues where it stopped, and a run that
+// finishes leaves nothing behind. A second full sync changes nothing.
+func (s *Service) Sync(ctx context.Context, api Lister, o SyncOptions) (SyncProgress, error) {
+	if o.InvoicesPerCustomer <= 0 {
+		o.InvoicesPerCustomer = 10
+	}
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	scope := "all"
+	if o.Customer != "" {
+		if !stripeapi.ValidID(o.Customer, "cus_") {
+			return SyncProgress{}, fmt.Errorf("sync: %q is not a Stripe customer id", o.Customer)
+		}
+		scope = o.Customer
+	}
+	run := &syncRun{phase: syncPhases[0]}
+	if !o.DryRun {
+		var err error
+		if run, err = s.openSyncRun(ctx, scope, o.Since); err != nil {
+			return SyncProgress{}, err
+		}
+	}
+	st := &syncState{s: s, api: api, o: o, run: run, start: time.Now()}
+	for _, phase := range syncPhases[:3] {
+		if phaseIndex(run.phase) > phaseIndex(phase) {
+			continue
+		}
+		if run.phase != phase {
+			run.phase, run.after = phase, ""
+		}
+		var err error
+		switch phase {
+		case "customers":
+			err = st.customers(ctx)
+		case "subscriptions":
+			err = st.subscriptions(ctx)
+		case "invoices":
+			err = st.invoices(ctx)
+		}
+		if err != nil {
+			return st.progress(), err
+		}
+	}
+	run.phase, run.after = "done", ""
+	if err := st.save(ctx, true); err != nil {
+		return st.progress(), err
+	}
+	p := st.progress()
+	if o.Progress != nil {
+		o.Progress(p)
+	}
+	return p, nil
+}
+
+func phaseIndex(p string) int {
+	for i, q := range syncPhases {
+		if q == p {
+			return i
+		}
+	}
+	return 0
+}
+
+// openSyncRun continues the unfinished run of this scope and cut, or
+// starts one.
+func (s *Service) openSyncRun(ctx context.Context, scope string, since time.Time) (*syncRun, error) {
+	const q = `
+WITH found AS (
+    SELECT id, phase, after, read, written, true AS resumed FROM stripe_sync_runs
+    WHERE scope = $1 AND since IS NOT DISTINCT FROM $2 AND finished_at IS NULL
+), made AS (
+    INSERT INTO stripe_sync_runs (scope, since, phase)
+    SELECT $1, $2, 'customers' WHERE NOT EXISTS (SELECT 1 FROM found)
+    ON CONFLICT DO NOTHING
+    RETURNING id, phase, after, read, written, false AS resumed
+)
+SELECT * FROM found UNION ALL SELECT * FROM made`
+	r := &syncRun{}
+	err := s.db.QueryRow(ctx, q, scope, nullTime(since)).Scan(&r.id, &r.phase, &r.after, &r.read, &r.written, &r.resumed)
+	if isNoRows(err) {
+		return nil, errors.New("sync: another sync of the same scope started at the same moment; run again")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sync: open run: %w", err)
+	}
+	return r, nil
+}
+
+// syncState is one Sync call at work.
+type syncState struct {
+	s       *Service
+	api     Lister
+	o       SyncOptions
+	run     *syncRun
+	start   time.Time
+	readNow int64
+	done    int // invoices by customer: customers done
+	all     int
+}
+
+func (st *syncState) progress() SyncProgress {
+	return SyncProgress{Phase: st.run.phase, Read: st.run.read, Written: st.run.written, Resumed: st.run.resumed,
+		Elapsed: time.Since(st.start), ReadNow: st.readNow, PhaseDone: st.done, PhaseAll: st.all}
+}
+
+// save records where the run stands; finished closes it.
+func (st *syncState) save(ctx context.Context, finished bool) error {
+	if st.o.DryRun {
+		return nil
+	}
+	const q = `UPDATE stripe_sync_runs SET phase = $2, after = $3, read = $4, written = $5, updated_at = now(),
+    finished_at = CASE WHEN $6 THEN now() END
+WHERE id = $1`
+	// The cursor is written even when ctx is done: it is what lets the
+	// next run continue.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r := st.run
+	if _, err := st.s.db.Exec(ctx, q, r.id, r.phase, r.after, r.read, r.written, finished); err != nil {
+		return fmt.Errorf("sync: save progress: %w", err)
+	}
+	return nil
+}
+
+func (st *syncState) params() stripeapi.ListParams {
+	return stripeapi.ListParams{Customer: st.o.Customer, CreatedGTE: st.o.Since, StartingAfter: st.run.after}
+}
+
+// pages reads seq a page at a time (at most 100 objects that share an
+// answer's Date), applies each page, then saves the cursor: the id of the
+// page's last (oldest) object.
+func pages[T any](ctx context.Context, st *syncState, seq iter.Seq2[stripeapi.Dated[T], error], id func(T) string,
+	apply func(ctx context.Context, d stripeapi.Dated[T]) (int, error)) error {
+	var page []stripeapi.Dated[T]
+	flush := func() error {
+		if len(page) == 0 {
+			return nil
+		}
+		if err := applyPage(ctx, st, page, apply); err != nil {
+			return err
+		}
+		st.run.after = id(page[len(page)-1].Obj)
+		page = page[:0]
+		return st.saveProgress(ctx)
+	}
+	for d, err := range seq {
+		if err != nil {
+			if ferr := flush(); ferr != nil {
+				return ferr
+			}
+			return err
+		}
+		if len(page) > 0 && (!d.At.Equal(page[0].At) || len(page) >= 100) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		page = append(page, d)
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// applyPage applies page's objects, up to o.Workers at once (each under its
+// own customer's lock), and counts them.
+func applyPage[T any](ctx context.Context, st *syncState, page []stripeapi.Dated[T], apply func(ctx context.Context, d stripeapi.Dated[T]) (int, error)) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(st.o.Workers)
+	written := make([]int, len(page))
+	for i, d := range page {
+		g.Go(func() error {
+			n, err := apply(gctx, d)
+			written[i] = n
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, n := range written {
+		st.run.written += int64(n)
+	}
+	st.run.read += int64(len(page))
+	st.readNow += int64(len(page))
+	return nil
+}
+
+// saveProgress saves the cursor and reports progress.
+func (st *syncState) saveProgress(ctx context.Context) error {
+	if err := st.save(ctx, false); err != nil {
+		return err
+	}
+	if st.o.Progress != nil {
+		st.o.Progress(st.progress())
+	}
+	return nil
+}
+
+func (st *syncState) opts() ApplyOptions { return ApplyOptions{Writer: "sync", DryRun: st.o.DryRun} }
+
+func (st *syncState) report(changes []Change) int {
+	if st.o.Change != nil {
+		for _, c := range changes {
+			st.o.Change(c)
+		}
+	}
+	if len(changes) > 0 {
+		return 1
+	}
+	return 0
+}
+
+func (st *syncState) customers(ctx context.Context) error {
+	apply := func(ctx context.Context, d stripeapi.Dated[*stripeapi.Customer]) (int, error) {
+		changes, note, err := st.s.ApplyCustomer(ctx, d, st.opts())
+		if err != nil {
+			return 0, err
+		}
+		if note != "" && st.o.Note != nil {
+			st.o.Note(d.Obj.ID, note)
+		}
+		return st.report(changes), nil
+	}
+	if st.o.Customer != "" {
+		// One customer: read it (a deleted one too, which lists omit).
+		c, at, err := st.api.Customer(ctx, st.o.Customer)
+		if err != nil {
+			return fmt.Errorf("sync: read customer %s: %w", st.o.Customer, err)
+		}
+		seq := func(yield func(stripeapi.Dated[*stripeapi.Customer], error) bool) {
+			yield(stripeapi.Dated[*stripeapi.Customer]{Obj: c, At: at}, nil)
+		}
+		return pages(ctx, st, seq, customerID, apply)
+	}
+	p := st.params()
+	p.Customer = ""
+	return pages(ctx, st, st.api.Customers(ctx, p), customerID, apply)
+}
+
+func customerID(c *stripeapi.Customer) string { return c.ID }
+
+func (st *syncState) subscriptions(ctx context.Context) error {
+	return pages(ctx, st, st.api.Subscriptions(ctx, st.params()), func(s *stripeapi.Subscription) string { return s.ID },
+		func(ctx context.Context, d stripeapi.Dated[*stripeapi.Subscription]) (int, error) {
+			changes, err := st.s.ApplySubscription(ctx, d, st.opts())
+			return st.report(changes), err
+		})
+}
+
+func (st *syncState) applyInvoice(ctx context.Context, d stripeapi.Dated[*stripeapi.Invoice]) (int, error) {
+	changes, err := st.s.ApplyInvoice(ctx, d, st.opts())
+	return st.report(changes), err
+}
+
+// invoices reads every invoice created since the cut, or else each stored
+// customer's newest few, one customer at a time in id order (the cursor is
+// the last customer done).
+func (st *syncState) invoices(ctx context.Context) error {
+	invoiceID := func(i *stripeapi.Invoice) string { return i.ID }
+	if !st.o.Since.IsZero() {
+		return pages(ctx, st, st.api.Invoices(ctx, st.params()), invoiceID, st.applyInvoice)
+	}
+	customers, err := st.s.storedCustomers(ctx, st.o.Customer, st.run.after)
+	if err != nil {
+		return err
+	}
+	st.all = len(customers)
+	for _, cus := range customers {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		p := stripeapi.ListParams{Customer: cus, PageSize: st.o.InvoicesPerCustomer}
+		var batch []stripeapi.Dated[*stripeapi.Invoice]
+		for d, err := range st.api.Invoices(ctx, p) {
+			if err != nil {
+				return err
+			}
+			batch = append(batch, d)
+			if len(batch) >= st.o.InvoicesPerCustomer {
+				break
+			}
+		}
+		if err := applyPage(ctx, st, batch, st.applyInvoice); err != nil {
+			return err
+		}
+		// The cursor of this phase is the customer, not the invoice.
+		st.run.after = cus
+		st.done++
+		if err := st.saveProgress(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// storedCustomers lists the stored customers after the given id, in id
+// order (one when only is set).
+func (s *Service) storedCustomers(ctx context.Context, only, after string) ([]string, error) {
+	rows, err := s.db.Query(ctx, `SELECT stripe_customer_id FROM stripe_customers
+WHERE ($1 = '' OR stripe_customer_id = $1) AND stripe_customer_id > $2 AND NOT deleted
+ORDER BY stripe_customer_id`, only, after)
+	if err != nil {
+		return nil, fmt.Errorf("list stored customers: %w", err)
+	}
+	ids, err := collectStrings(rows)
+	if err != nil {
+		return nil, fmt.Errorf("list stored customers: %w", err)
+	}
+	return ids, nil
+}
+
+func collectStrings(rows pgx.Rows) ([]string, error) {
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
