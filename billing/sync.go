@@ -31,8 +31,8 @@ type SyncOptions struct {
 	Since    time.Time // only objects created since; zero for all
 	DryRun   bool      // say what would change, write nothing (and keep no cursor)
 	// InvoicesPerCustomer is how many of each customer's newest invoices
-	// are read when Since is zero (default 10). With Since, every invoice
-	// created since is read.
+	// are kept when Since is zero (default 10). With Since, every invoice
+	// created since is.
 	InvoicesPerCustomer int
 	// Workers apply the objects of one page at once (default 4); pages
 	// are read one after another, so the cursor is always a whole page.
@@ -47,14 +47,12 @@ type SyncOptions struct {
 
 // SyncProgress is where a sync stands.
 type SyncProgress struct {
-	Phase     string // customers, subscriptions, invoices, done
-	Read      int64  // objects read from Stripe, this run and the runs it resumes
-	Written   int64  // objects whose stored state changed
-	Resumed   bool   // this run continues an interrupted one
-	Elapsed   time.Duration
-	ReadNow   int64 // objects read by this process, for the rate
-	PhaseDone int   // invoices phase by customer: customers done so far
-	PhaseAll  int   // and in all, for an ETA (0 when unknown)
+	Phase   string // customers, subscriptions, invoices, done
+	Read    int64  // objects read from Stripe, this run and the runs it resumes
+	Written int64  // objects whose stored state changed
+	Resumed bool   // this run continues an interrupted one
+	Elapsed time.Duration
+	ReadNow int64 // objects read by this process, for the rate
 }
 
 var syncPhases = []string{"customers", "subscriptions", "invoices", "done"}
@@ -170,13 +168,11 @@ type syncState struct {
 	run     *syncRun
 	start   time.Time
 	readNow int64
-	done    int // invoices by customer: customers done
-	all     int
 }
 
 func (st *syncState) progress() SyncProgress {
 	return SyncProgress{Phase: st.run.phase, Read: st.run.read, Written: st.run.written, Resumed: st.run.resumed,
-		Elapsed: time.Since(st.start), ReadNow: st.readNow, PhaseDone: st.done, PhaseAll: st.all}
+		Elapsed: time.Since(st.start), ReadNow: st.readNow}
 }
 
 // save records where the run stands; finished closes it.
@@ -330,61 +326,36 @@ func (st *syncState) applyInvoice(ctx context.Context, d stripeapi.Dated[*stripe
 	return st.report(changes), err
 }
 
-// invoices reads every invoice created since the cut, or else each stored
-// customer's newest few, one customer at a time in id order (the cursor is
-// the last customer done).
+// invoices reads the invoices created since the cut, or else each
+// customer's newest few: the list is newest first across the account, so
+// it keeps the first few of each customer (one list for the account costs
+// far fewer calls than one per customer unless customers average over a
+// page of invoices). A resumed run forgets the counts, and may keep a few
+// more of some customers: harmless.
 func (st *syncState) invoices(ctx context.Context) error {
-	invoiceID := func(i *stripeapi.Invoice) string { return i.ID }
-	if !st.o.Since.IsZero() {
-		return pages(ctx, st, st.api.Invoices(ctx, st.params()), invoiceID, st.applyInvoice)
+	seq := st.api.Invoices(ctx, st.params())
+	if st.o.Since.IsZero() {
+		seq = newestPerCustomer(seq, st.o.InvoicesPerCustomer)
 	}
-	customers, err := st.s.storedCustomers(ctx, st.o.Customer, st.run.after)
-	if err != nil {
-		return err
-	}
-	st.all = len(customers)
-	for _, cus := range customers {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		p := stripeapi.ListParams{Customer: cus, PageSize: st.o.InvoicesPerCustomer}
-		var batch []stripeapi.Dated[*stripeapi.Invoice]
-		for d, err := range st.api.Invoices(ctx, p) {
-			if err != nil {
-				return err
-			}
-			batch = append(batch, d)
-			if len(batch) >= st.o.InvoicesPerCustomer {
-				break
-			}
-		}
-		if err := applyPage(ctx, st, batch, st.applyInvoice); err != nil {
-			return err
-		}
-		// The cursor of this phase is the customer, not the invoice.
-		st.run.after = cus
-		st.done++
-		if err := st.saveProgress(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
+	return pages(ctx, st, seq, func(i *stripeapi.Invoice) string { return i.ID }, st.applyInvoice)
 }
 
-// storedCustomers lists the stored customers after the given id, in id
-// order (one when only is set).
-func (s *Service) storedCustomers(ctx context.Context, only, after string) ([]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT stripe_customer_id FROM stripe_customers
-WHERE ($1 = '' OR stripe_customer_id = $1) AND stripe_customer_id > $2 AND NOT deleted
-ORDER BY stripe_customer_id`, only, after)
-	if err != nil {
-		return nil, fmt.Errorf("list stored customers: %w", err)
+// newestPerCustomer keeps the first n invoices of each customer in seq.
+func newestPerCustomer(seq iter.Seq2[stripeapi.Dated[*stripeapi.Invoice], error], n int) iter.Seq2[stripeapi.Dated[*stripeapi.Invoice], error] {
+	return func(yield func(stripeapi.Dated[*stripeapi.Invoice], error) bool) {
+		seen := map[string]int{}
+		for d, err := range seq {
+			if err == nil {
+				if seen[d.Obj.CustomerID] >= n {
+					continue
+				}
+				seen[d.Obj.CustomerID]++
+			}
+			if !yield(d, err) {
+				return
+			}
+		}
 	}
-	ids, err := collectStrings(rows)
-	if err != nil {
-		return nil, fmt.Errorf("list stored customers: %w", err)
-	}
-	return ids, nil
 }
 
 func collectStrings(rows pgx.Rows) ([]string, error) {
