@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -60,17 +61,7 @@ func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte
 		if errors.As(err, &serr) && (serr.HTTPStatusCode == http.StatusNotFound || serr.Code == stripe.ErrorCodeResourceMissing) {
 			return nil, time.Time{}, ErrNotFound
 		}
-		if ctx.Err() != nil {
-			return nil, time.Time{}, ctx.Err()
-		}
-		// Stripe's message can quote the API key ("Invalid API Key provided:
-		// sk_test_****abcd"), so errors carry its status, type, code and
-		// request id, never its text.
-		if serr != nil {
-			return nil, time.Time{}, fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
-				serr.HTTPStatusCode, serr.Type, serr.Code, serr.RequestID)
-		}
-		return nil, time.Time{}, fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
+		return nil, time.Time{}, callError(ctx, path, err)
 	}
 	if obj.LastResponse == nil {
 		return nil, time.Time{}, fmt.Errorf("%w: GET %s: empty response", ErrUnavailable, path)
@@ -80,6 +71,29 @@ func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte
 		return nil, time.Time{}, fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
 	}
 	return obj.LastResponse.RawJSON, at, nil
+}
+
+// callError is what a failed GET of path returns: the context's error
+// when it ended, else ErrUnavailable with what Stripe said. Stripe's
+// message can quote the API key ("Invalid API Key provided:
+// sk_test_****abcd"), so errors carry its status, type, code and request
+// id, never its text.
+func callError(ctx context.Context, path string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var serr *stripe.Error
+	if errors.As(err, &serr) {
+		return fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
+			serr.HTTPStatusCode, serr.Type, serr.Code, serr.RequestID)
+	}
+	var uerr *url.Error
+	if errors.As(err, &uerr) { // no answer: the transport's error
+		return fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err)
+	}
+	// An answer stripe-go could not read as Stripe's error; its text is a
+	// sample of the body, which is Stripe's (or a proxy's) text.
+	return fmt.Errorf("%w: GET %s: unreadable answer", ErrUnavailable, path)
 }
 
 // responseTime is the Date header of a Stripe answer: when Stripe read what
