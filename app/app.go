@@ -134,7 +134,7 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 		lcfg.RetryBudget = cfg.RetryBudget
 	}
 	locks := lockmgr.New(pool, lcfg, m, log)
-	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, 10*time.Second)
+	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{Timeout: 10 * time.Second, Budget: stripeapi.NewBudget(cfg.StripeAPIRPS), Share: stripeapi.Live, Observer: m})
 	svc := billing.NewService(locks, api, log)
 	m.RegisterLedger(svc.LedgerCounts, log)
 	h := handlers.New(handlers.Deps{

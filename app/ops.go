@@ -147,7 +147,7 @@ func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	lcfg := lockmgr.DefaultConfig()
 	lcfg.LockTimeout, lcfg.RetryBudget = cfg.LockTimeout, cfg.RetryBudget
 	locks := lockmgr.New(pool, lcfg, nil, log)
-	svc := billing.NewService(locks, stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, 0), log)
+	svc := billing.NewService(locks, stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{}), log)
 
 	var results []billing.ReplayResult
 	if args[0] == "--failed" {

@@ -215,7 +215,7 @@ func perfSetup(t *testing.T) *perfBundle {
 	t.Cleanup(pool.Close)
 	fake := stripefake.New(t)
 	svc := NewService(lockmgr.New(pool, lockmgr.DefaultConfig(), nil, nil),
-		stripeapi.NewClient(fake.URL, "sk_test_bench", 5*time.Second), nil)
+		stripeapi.NewClient(fake.URL, "sk_test_bench", stripeapi.Options{Timeout: 5 * time.Second}), nil)
 	return &perfBundle{svc: svc, rec: rec, fake: fake}
 }
 

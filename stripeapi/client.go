@@ -12,27 +12,46 @@ import (
 	"github.com/stripe/stripe-go/v76"
 )
 
-// DefaultBaseURL is Stripe's API.
-const DefaultBaseURL = "https://api.stripe.com"
-
 // Client reads objects from Stripe's API. It never holds a database
 // transaction: callers fetch first, then lock and write.
 type Client struct {
 	backend stripe.Backend
 	key     string
+	rt      *transport
+}
+
+// Options are NewClient's settings. The zero Options make a client with
+// no budget and no observer, which is what tests that do not care want.
+type Options struct {
+	Timeout  time.Duration // per HTTP attempt, the budget's wait excluded; 0 = 10s
+	Budget   *Budget       // nil = no client-side limit
+	Share    Share         // Live or Bulk: which share of the budget this client draws on
+	Observer Observer      // nil allowed
 }
 
 // NewClient returns a client for baseURL (Stripe, stripe-mock or a test
 // server) authenticated with the secret key. stripe-go retries network
-// errors and 5xx twice with its own backoff; timeout bounds each request.
-func NewClient(baseURL, secretKey string, timeout time.Duration) *Client {
+// errors and 5xx twice with its own backoff; the client's transport waits
+// for the budget before every attempt and retries 429s (see Budget).
+func NewClient(baseURL, secretKey string, o Options) *Client {
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	rt := &transport{
+		base:     http.DefaultTransport,
+		timeout:  o.Timeout,
+		budget:   o.Budget,
+		share:    o.Share,
+		observer: o.Observer,
+		retry:    policyFor(o.Share),
+	}
 	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		URL:               stripe.String(strings.TrimRight(baseURL, "/")),
-		HTTPClient:        &http.Client{Timeout: timeout},
+		HTTPClient:        &http.Client{Transport: rt},
 		MaxNetworkRetries: stripe.Int64(2),
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 	})
-	return &Client{backend: backend, key: secretKey}
+	return &Client{backend: backend, key: secretKey, rt: rt}
 }
 
 // getParams is a GET's parameters, shaped like stripe-go's own *Params

@@ -20,7 +20,7 @@ func TestGetErrorsNeverQuoteTheAnswer(t *testing.T) {
 		fmt.Fprint(w, `{"message":"Invalid API Key provided: sk_test_SECRET"}`)
 	}))
 	t.Cleanup(srv.Close)
-	_, _, err := NewClient(srv.URL, "sk_test_x", 0).Customer(context.Background(), "cus_1")
+	_, _, err := NewClient(srv.URL, "sk_test_x", Options{}).Customer(context.Background(), "cus_1")
 	if !errors.Is(err, ErrUnavailable) || strings.Contains(err.Error(), "SECRET") || strings.Contains(err.Error(), "Invalid") {
 		t.Fatalf("err %v: want ErrUnavailable without the body's text", err)
 	}
@@ -33,7 +33,7 @@ func TestGetWithoutDateIsAnError(t *testing.T) {
 		fmt.Fprint(w, `{"id":"cus_1","object":"customer"}`)
 	}))
 	t.Cleanup(srv.Close)
-	if _, _, err := NewClient(srv.URL, "sk_test_x", 0).Customer(context.Background(), "cus_1"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "Date") {
+	if _, _, err := NewClient(srv.URL, "sk_test_x", Options{}).Customer(context.Background(), "cus_1"); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "Date") {
 		t.Fatalf("err %v: want ErrUnavailable about the Date header", err)
 	}
 }
