@@ -1,6 +1,18 @@
 package stripeapi
 
-import "time"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/form"
+)
 
 // Dated is an object with Stripe's time of the answer that carried it (the
 // Date header of the response, whole seconds, UTC).
@@ -9,11 +21,204 @@ type Dated[T any] struct {
 	At  time.Time
 }
 
-// ListParams filters a list. Zero values mean no filter. PageSize 0 = 100
-// (Stripe's max).
+// ListParams filters a list. Zero values mean no filter.
 type ListParams struct {
 	Customer      string    // customer=
-	CreatedGTE    time.Time // created[gte]= (unix seconds)
+	CreatedGTE    time.Time // created[gte]= (unix seconds, rounded down)
 	StartingAfter string    // resume after this id (the last one handled)
-	PageSize      int
+	PageSize      int       // 0 (or above 100) = 100, Stripe's max
+}
+
+// maxEventTypes is how many types[] Stripe's events list accepts.
+const maxEventTypes = 20
+
+// Customers lists customers, newest first, each dated by its page's Date
+// header. Stripe's customers list has no customer filter: with p.Customer
+// set, it yields that one customer (a deleted one as its stub), fetched
+// by id, unless it is p.StartingAfter, was created before p.CreatedGTE,
+// or does not exist.
+//
+// Like every list here it goes through stripe-go's list iterator, page by
+// page, parsing items with lockstep's own parsers. An iteration stops at
+// the first error, which it yields once; a consumer that stops early stops
+// the paging.
+func (c *Client) Customers(ctx context.Context, p ListParams) iter.Seq2[Dated[*Customer], error] {
+	if p.Customer != "" {
+		return func(yield func(Dated[*Customer], error) bool) {
+			cu, at, err := c.Customer(ctx, p.Customer)
+			switch {
+			case errors.Is(err, ErrNotFound):
+			case err != nil:
+				yield(Dated[*Customer]{}, err)
+			case cu.ID == p.StartingAfter:
+			case !cu.Created.IsZero() && !p.CreatedGTE.IsZero() && cu.Created.Unix() < p.CreatedGTE.Unix():
+			default:
+				yield(Dated[*Customer]{Obj: cu, At: at}, nil)
+			}
+		}
+	}
+	return list(ctx, c, "/v1/customers", p, nil, ParseCustomer, func(cu *Customer) string { return cu.ID })
+}
+
+// Subscriptions lists subscriptions of every status (status=all, canceled
+// included), newest first, each dated by its page's Date header.
+func (c *Client) Subscriptions(ctx context.Context, p ListParams) iter.Seq2[Dated[*Subscription], error] {
+	all := func(f *stripe.Filters) { f.AddFilter("status", "", "all") }
+	return list(ctx, c, "/v1/subscriptions", p, all, ParseSubscription, func(s *Subscription) string { return s.ID })
+}
+
+// Invoices lists invoices, newest first, each dated by its page's Date
+// header.
+func (c *Client) Invoices(ctx context.Context, p ListParams) iter.Seq2[Dated[*Invoice], error] {
+	return list(ctx, c, "/v1/invoices", p, nil, ParseInvoice, func(in *Invoice) string { return in.ID })
+}
+
+// Events lists /v1/events created at or after p.CreatedGTE of the given
+// types (exact names; none = every type), newest first. Each *Event is
+// parsed with ParseEvent from the item's exact raw JSON, which is its
+// Payload, as a webhook body would carry it. Stripe's types[] takes up to
+// 20 types; with more, Events lists every type and keeps those asked for,
+// so that one list keeps its order and p.StartingAfter its meaning. The
+// events list has no customer filter: p.Customer set is an error.
+func (c *Client) Events(ctx context.Context, p ListParams, types []string) iter.Seq2[*Event, error] {
+	return func(yield func(*Event, error) bool) {
+		for ev, err := range c.DatedEvents(ctx, p, types) {
+			if !yield(ev.Obj, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
+// DatedEvents is Events with each event dated by its page's Date header,
+// Stripe's time when the page was read.
+func (c *Client) DatedEvents(ctx context.Context, p ListParams, types []string) iter.Seq2[Dated[*Event], error] {
+	if p.Customer != "" {
+		return func(yield func(Dated[*Event], error) bool) {
+			yield(Dated[*Event]{}, errors.New("list /v1/events: stripe's events list has no customer filter"))
+		}
+	}
+	var want map[string]bool
+	typesFilter := func(f *stripe.Filters) {
+		for _, t := range types {
+			f.AddFilter("types[]", "", t)
+		}
+	}
+	if len(types) > maxEventTypes {
+		typesFilter, want = nil, make(map[string]bool, len(types))
+		for _, t := range types {
+			want[t] = true
+		}
+	}
+	events := list(ctx, c, "/v1/events", p, typesFilter, ParseEvent, func(e *Event) string { return e.ID })
+	if want == nil {
+		return events
+	}
+	return func(yield func(Dated[*Event], error) bool) {
+		for ev, err := range events {
+			if err == nil && !want[ev.Obj.Type] {
+				continue
+			}
+			if !yield(ev, err) || err != nil {
+				return
+			}
+		}
+	}
+}
+
+// listItem is one item of a page for stripe-go's iterator, which pages on
+// by the ID field of the last item it handed out.
+type listItem[T any] struct {
+	ID string
+	Dated[T]
+}
+
+// rawPage is one page of a list as Stripe sent it, each item's raw JSON
+// kept for lockstep's parsers.
+type rawPage struct {
+	stripe.APIResource
+	stripe.ListMeta
+	Object string            `json:"object"`
+	Data   []json.RawMessage `json:"data"`
+}
+
+// list yields the items of the list at path, page by page through
+// stripe-go's iterator, newest first as Stripe returns them.
+func list[T any](ctx context.Context, c *Client, path string, p ListParams, filter func(*stripe.Filters),
+	parse func([]byte) (T, error), id func(T) string) iter.Seq2[Dated[T], error] {
+	return func(yield func(Dated[T], error) bool) {
+		lp := &stripe.ListParams{Context: ctx, Limit: stripe.Int64(pageSize(p.PageSize))}
+		if p.StartingAfter != "" {
+			lp.StartingAfter = stripe.String(p.StartingAfter)
+		}
+		if p.Customer != "" {
+			lp.Filters.AddFilter("customer", "", p.Customer)
+		}
+		if !p.CreatedGTE.IsZero() {
+			lp.Filters.AddFilter("created", "gte", strconv.FormatInt(p.CreatedGTE.Unix(), 10))
+		}
+		if filter != nil {
+			filter(&lp.Filters)
+		}
+		it := stripe.GetIter(lp, func(sp *stripe.Params, f *form.Values) ([]any, stripe.ListContainer, error) {
+			return c.page(ctx, path, f, sp, func(raw []byte, at time.Time) (any, error) {
+				obj, err := parse(raw)
+				if err != nil {
+					return nil, err
+				}
+				return &listItem[T]{ID: id(obj), Dated: Dated[T]{Obj: obj, At: at}}, nil
+			})
+		})
+		for it.Next() {
+			if !yield(it.Current().(*listItem[T]).Dated, nil) {
+				return
+			}
+		}
+		if err := it.Err(); err != nil {
+			yield(Dated[T]{}, err)
+		}
+	}
+}
+
+// page fetches one page and makes its items. On an error it returns the
+// items made before it and a page without more, so that the iterator
+// hands those out and then stops with the error.
+func (c *Client) page(ctx context.Context, path string, f *form.Values, sp *stripe.Params,
+	item func(raw []byte, at time.Time) (any, error)) ([]any, stripe.ListContainer, error) {
+	pg := &rawPage{}
+	if err := c.backend.CallRaw(http.MethodGet, path, c.key, f, sp, pg); err != nil {
+		return nil, &rawPage{}, callError(ctx, path, err)
+	}
+	fail := func(format string, a ...any) ([]any, stripe.ListContainer, error) {
+		return nil, &rawPage{}, fmt.Errorf("%w: GET %s: "+format, append([]any{ErrUnavailable, path}, a...)...)
+	}
+	if pg.LastResponse == nil {
+		return fail("empty response")
+	}
+	at, err := responseTime(pg.LastResponse.Header)
+	switch {
+	case err != nil:
+		return fail("%v", err)
+	case pg.Object != "list":
+		return fail("answer is not a list")
+	case pg.HasMore && len(pg.Data) == 0:
+		return fail("empty page with more to come")
+	}
+	items := make([]any, 0, len(pg.Data))
+	for _, raw := range pg.Data {
+		it, err := item(raw, at)
+		if err != nil {
+			pg.HasMore = false
+			return items, pg, fmt.Errorf("%w: GET %s: %w", ErrUnavailable, path, err)
+		}
+		items = append(items, it)
+	}
+	return items, pg, nil
+}
+
+func pageSize(n int) int64 {
+	if n <= 0 || n > 100 {
+		return 100
+	}
+	return int64(n)
 }
