@@ -43,6 +43,13 @@ commands:
   locks [--json]        the customer advisory locks held or awaited now
   replay EVENT_ID       process one stored event again
   replay --failed       process every failed event again, oldest first
+  sync [--customer ID] [--since T] [--dry-run] [--invoices N] [--page-size N]
+                        backfill customers, subscriptions and invoices from
+                        Stripe's lists through the same locks; resumable
+  verify [--customer ID] [--repair]
+                        compare stored state with Stripe's, one line per
+                        difference; exit 0 equal, 3 drift (--repair: 0 once mended)
+  sweep [--since AGE]   one pass of the missed-event sweeper over Stripe's Events API
   bench [flags]         drive a running lockstep with a bounded load (bench -h)
 `
 
@@ -96,6 +103,12 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return locksCmd(ctx, args, env)
 	case "replay":
 		return replayCmd(ctx, args, env, log)
+	case "sync":
+		return syncCmd(ctx, args, env, log)
+	case "verify":
+		return verifyCmd(ctx, args, env, log)
+	case "sweep":
+		return sweepCmd(ctx, args, env, log)
 	case "bench":
 		return benchCmd(ctx, args, env)
 	case "help", "-h", "--help":
@@ -119,6 +132,10 @@ type Server struct {
 	Billing *billing.Service
 	Metrics *metrics.Metrics
 	Locks   *lockmgr.Manager
+	// Bulk is Billing reading Stripe through BulkAPI, the client on the
+	// bulk share of the API budget: what the sweeper runs on.
+	Bulk    *billing.Service
+	BulkAPI *stripeapi.Client
 }
 
 // NewServer builds the service from cfg on pool.
@@ -134,9 +151,20 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 		lcfg.RetryBudget = cfg.RetryBudget
 	}
 	locks := lockmgr.New(pool, lcfg, m, log)
-	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{Timeout: 10 * time.Second, Budget: stripeapi.NewBudget(cfg.StripeAPIRPS), Share: stripeapi.Live, Observer: m})
+	// One budget for the process, shared by the live client (the success
+	// call, the same-second read) and the bulk one (the sweeper); 0 (a
+	// Config built by hand, in tests) is no budget.
+	budget := stripeapi.NewBudget(cfg.StripeAPIRPS)
+	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey,
+		stripeapi.Options{Timeout: 10 * time.Second, Budget: budget, Share: stripeapi.Live, Observer: m})
+	bulkAPI := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey,
+		stripeapi.Options{Timeout: 10 * time.Second, Budget: budget, Share: stripeapi.Bulk, Observer: m})
 	svc := billing.NewService(locks, api, log)
 	m.RegisterLedger(svc.LedgerCounts, log)
+	m.RegisterConvergence(func(ctx context.Context) (metrics.Convergence, error) {
+		cursor, found, repaired, err := svc.Convergence(ctx)
+		return metrics.Convergence{SweepCursor: cursor, DriftFound: found, DriftRepaired: repaired}, err
+	}, log)
 	h := handlers.New(handlers.Deps{
 		Billing:    svc,
 		Verifier:   stripeapi.NewVerifier(cfg.WebhookSecrets),
@@ -147,7 +175,7 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 		Ready:      func(ctx context.Context) error { return Ready(ctx, pool) },
 		Locks:      func(ctx context.Context) ([]lockmgr.LockInfo, error) { return lockmgr.ListLocks(ctx, pool) },
 	})
-	return &Server{Handler: h, Billing: svc, Metrics: m, Locks: locks}
+	return &Server{Handler: h, Billing: svc, Metrics: m, Locks: locks, Bulk: svc.WithStripe(bulkAPI), BulkAPI: bulkAPI}
 }
 
 // Ready reports whether the database answers and its schema is the latest
@@ -197,6 +225,9 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	hs := newHTTPServer(srv.Handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	if cfg.SweepInterval > 0 {
+		go runSweeper(ctx, srv, cfg.SweepInterval, cfg.SweepLookback, log)
+	}
 	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.Int("schema_version", int(schema.Latest)))
 
 	select {

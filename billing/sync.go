@@ -34,6 +34,9 @@ type SyncOptions struct {
 	// are kept when Since is zero (default 10). With Since, every invoice
 	// created since is.
 	InvoicesPerCustomer int
+	// PageSize is the number of objects asked for per list call (default
+	// 100, Stripe's largest).
+	PageSize int
 	// Workers apply the objects of one page at once (default 4); pages
 	// are read one after another, so the cursor is always a whole page.
 	Workers int
@@ -195,7 +198,7 @@ WHERE id = $1`
 }
 
 func (st *syncState) params() stripeapi.ListParams {
-	return stripeapi.ListParams{Customer: st.o.Customer, CreatedGTE: st.o.Since, StartingAfter: st.run.after}
+	return stripeapi.ListParams{Customer: st.o.Customer, CreatedGTE: st.o.Since, StartingAfter: st.run.after, PageSize: st.o.PageSize}
 }
 
 // pages reads seq a page at a time (at most 100 objects that share an
@@ -222,7 +225,7 @@ func pages[T any](ctx context.Context, st *syncState, seq iter.Seq2[stripeapi.Da
 			}
 			return err
 		}
-		if len(page) > 0 && (!d.At.Equal(page[0].At) || len(page) >= 100) {
+		if len(page) > 0 && (!d.At.Equal(page[0].At) || len(page) >= max(st.o.PageSize, 100)) {
 			if err := flush(); err != nil {
 				return err
 			}

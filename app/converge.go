@@ -1,0 +1,331 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/config"
+	"github.com/lockstep/lockstep/lockmgr"
+	"github.com/lockstep/lockstep/stripeapi"
+)
+
+// The convergence commands: sync (backfill from Stripe's lists), verify
+// (stored state against Stripe's) and sweep (one pass over Stripe's Events
+// API). Each reads Stripe on the bulk share of the API budget and writes
+// through the same customer locks as the live writers.
+
+// bulkService opens the database and returns a billing service reading
+// Stripe through a client on the bulk share of STRIPE_API_RPS.
+func bulkService(ctx context.Context, env Env, log *slog.Logger) (*bulk, error) {
+	cfg, err := config.Load(env.Getenv, config.NeedDatabase|config.NeedStripe)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := lockmgr.OpenPool(ctx, cfg.DatabaseURL, 8)
+	if err != nil {
+		return nil, err
+	}
+	if err := Ready(ctx, pool); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	lcfg := lockmgr.DefaultConfig()
+	lcfg.LockTimeout, lcfg.RetryBudget = cfg.LockTimeout, cfg.RetryBudget
+	locks := lockmgr.New(pool, lcfg, nil, log)
+	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{
+		Budget: stripeapi.NewBudget(cfg.StripeAPIRPS), Share: stripeapi.Bulk})
+	return &bulk{cfg: cfg, svc: billing.NewService(locks, api, log), api: api, close: pool.Close}, nil
+}
+
+// bulk is what a convergence command works with.
+type bulk struct {
+	cfg   *config.Config
+	svc   *billing.Service
+	api   *stripeapi.Client
+	close func()
+}
+
+// newFlags is a flag set that reports errors as one-line usage errors.
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return &UsageError{Msg: fmt.Sprintf("%s: %v", fs.Name(), err)}
+	}
+	if fs.NArg() > 0 {
+		return &UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
+}
+
+// parseSince reads --since: a time (RFC 3339 or a date, 2026-01-31) or an
+// age (72h, 30d) counted back from now.
+func parseSince(s string, now time.Time) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.DateOnly, s); err == nil {
+		return t, nil
+	}
+	if d, err := config.ParseAge(s); err == nil && d > 0 {
+		return now.Add(-d).Truncate(time.Second), nil
+	}
+	return time.Time{}, fmt.Errorf("--since wants a time (2026-01-31, 2026-01-31T12:00:00Z) or an age (72h, 30d), got %q", s)
+}
+
+func checkCustomerFlag(cmd, id string) error {
+	if id != "" && !stripeapi.ValidID(id, "cus_") {
+		return &UsageError{Msg: fmt.Sprintf("%s: --customer wants a Stripe customer id (cus_...), got %q", cmd, id)}
+	}
+	return nil
+}
+
+func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+	fs := newFlags("sync")
+	customer := fs.String("customer", "", "")
+	since := fs.String("since", "", "")
+	dryRun := fs.Bool("dry-run", false, "")
+	invoices := fs.Int("invoices", 10, "")
+	pageSize := fs.Int("page-size", 100, "")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkCustomerFlag("sync", *customer); err != nil {
+		return err
+	}
+	cut, err := parseSince(*since, time.Now())
+	if err != nil {
+		return &UsageError{Msg: "sync: " + err.Error()}
+	}
+	if *invoices < 1 || *invoices > 100 {
+		return &UsageError{Msg: fmt.Sprintf("sync: --invoices wants 1 to 100, got %d", *invoices)}
+	}
+	if *pageSize < 1 || *pageSize > 100 {
+		return &UsageError{Msg: fmt.Sprintf("sync: --page-size wants 1 to 100, got %d", *pageSize)}
+	}
+	b, err := bulkService(ctx, env, log)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+
+	progress := newProgressLine(env.Stderr)
+	verb := "wrote"
+	if *dryRun {
+		verb = "would write"
+	}
+	p, err := b.svc.Sync(ctx, b.api, billing.SyncOptions{
+		Customer: *customer, Since: cut, DryRun: *dryRun, InvoicesPerCustomer: *invoices, PageSize: *pageSize,
+		Progress: func(p billing.SyncProgress) { progress.show(syncLine(p)) },
+		Change: func(c billing.Change) {
+			if *dryRun {
+				progress.print(env.Stdout, "would write: "+c.String())
+			}
+		},
+		Note: func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
+	})
+	progress.done()
+	summary := fmt.Sprintf("read %d, %s %d, %s, %.0f objects/s", p.Read, verb, p.Written,
+		p.Elapsed.Round(100*time.Millisecond), rate(p.ReadNow, p.Elapsed))
+	if p.Resumed {
+		summary += " (continued an interrupted run)"
+	}
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return &ExitError{Code: 130, Msg: fmt.Sprintf("sync interrupted in %s: %s; run it again to continue", p.Phase, summary)}
+	case err != nil:
+		return fmt.Errorf("sync stopped in %s (%s; run it again to continue): %w", p.Phase, summary, err)
+	}
+	fmt.Fprintf(env.Stdout, "sync done: %s\n", summary)
+	return nil
+}
+
+func syncLine(p billing.SyncProgress) string {
+	// Stripe's lists give no totals, so there is no ETA to show.
+	return fmt.Sprintf("sync %s: read %d, written %d, %.0f/s, %s", p.Phase, p.Read, p.Written,
+		rate(p.ReadNow, p.Elapsed), p.Elapsed.Round(time.Second))
+}
+
+func rate(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
+
+func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+	fs := newFlags("verify")
+	customer := fs.String("customer", "", "")
+	repair := fs.Bool("repair", false, "")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := checkCustomerFlag("verify", *customer); err != nil {
+		return err
+	}
+	b, err := bulkService(ctx, env, log)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	res, err := b.svc.Verify(ctx, b.api, billing.VerifyOptions{
+		Customer: *customer, Repair: *repair,
+		Found:  func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
+		Mended: func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
+	})
+	if err != nil {
+		return fmt.Errorf("verify: %w", err)
+	}
+	switch {
+	case len(res.Found) == 0:
+		fmt.Fprintln(env.Stdout, "verify: stored state equals Stripe's")
+		return nil
+	case *repair && len(res.Remaining) == 0:
+		fmt.Fprintf(env.Stdout, "verify: %d differences found, all mended\n", len(res.Found))
+		return nil
+	case *repair:
+		for _, c := range res.Remaining {
+			fmt.Fprintln(env.Stdout, "not mended: "+c.String())
+		}
+		return &ExitError{Code: 3, Msg: fmt.Sprintf("verify: %d differences found, %d not mended (see the README: Operations, verify)",
+			len(res.Found), len(res.Remaining))}
+	}
+	return &ExitError{Code: 3, Msg: fmt.Sprintf("verify: %d differences found (verify --repair mends them)", len(res.Found))}
+}
+
+func sweepCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+	fs := newFlags("sweep")
+	since := fs.String("since", "", "")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var back time.Duration
+	if *since != "" {
+		d, err := config.ParseAge(*since)
+		if err != nil || d <= 0 || d > 30*24*time.Hour {
+			return &UsageError{Msg: fmt.Sprintf("sweep: --since wants an age up to 30d (Stripe keeps 30 days of events), such as 6h or 3d, got %q", *since)}
+		}
+		back = d
+	}
+	b, err := bulkService(ctx, env, log)
+	if err != nil {
+		return err
+	}
+	defer b.close()
+	res, err := b.svc.Sweep(ctx, b.api, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back})
+	if err != nil {
+		return fmt.Errorf("sweep: %w", err)
+	}
+	fmt.Fprintln(env.Stdout, sweepLine(res))
+	return nil
+}
+
+func sweepLine(r billing.SweepResult) string {
+	return fmt.Sprintf("sweep: %d events of handled types since %s, %d missing from the ledger, %d recovered, %d failed (recorded for replay)",
+		r.Listed, r.From.UTC().Format(time.RFC3339), r.Missing, r.Recovered, r.Failed)
+}
+
+// sweepOwner names this process in the sweeper's lease.
+func sweepOwner(role string) string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), role)
+}
+
+// runSweeper sweeps every interval (with 10% jitter, so replicas do not
+// line up) until ctx is done. A pass another replica holds the lease for
+// is skipped quietly.
+func runSweeper(ctx context.Context, srv *Server, interval, lookback time.Duration, log *slog.Logger) {
+	owner := sweepOwner("serve")
+	for {
+		wait := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		res, err := srv.Bulk.Sweep(ctx, srv.BulkAPI, billing.SweepOptions{Owner: owner, Lookback: lookback})
+		switch {
+		case errors.Is(err, billing.ErrSweepBusy):
+			log.Debug("sweeper: another replica holds the lease", slog.String("error", err.Error()))
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			srv.Metrics.SweepFailed()
+			log.Error("sweeper: pass failed; the next starts from the same cursor", slog.String("error", err.Error()))
+		default:
+			srv.Metrics.SweepRecovered(res.Recovered)
+			log.Info("sweeper: pass done", slog.Int("listed", res.Listed), slog.Int("missing", res.Missing),
+				slog.Int("recovered", res.Recovered), slog.Int("failed", res.Failed))
+		}
+	}
+}
+
+// progressLine draws one line that updates in place on a terminal, at most
+// a few times a second; elsewhere (a pipe, a log) it prints nothing until
+// the summary.
+type progressLine struct {
+	mu   sync.Mutex // sync reports changes from its workers
+	w    io.Writer
+	tty  bool
+	last time.Time
+	text string
+}
+
+func newProgressLine(w io.Writer) *progressLine {
+	p := &progressLine{w: w}
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			p.tty = true
+		}
+	}
+	return p
+}
+
+func (p *progressLine) show(text string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.tty || time.Since(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.text = text
+	fmt.Fprintf(p.w, "\r\033[K%s", text)
+}
+
+// print writes a line above the progress line.
+func (p *progressLine) print(w io.Writer, line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty && p.text != "" {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+	fmt.Fprintln(w, strings.TrimRight(line, "\n"))
+	if p.tty && p.text != "" {
+		fmt.Fprint(p.w, p.text)
+	}
+}
+
+func (p *progressLine) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty && p.text != "" {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}
