@@ -313,8 +313,11 @@ func TestStatementsPerOperation(t *testing.T) {
 		}
 	})
 	checkRoundTrips(t, again, "checkout success, repeated")
-	if got := again.tripSizes(0); !slices.Equal(got, []int{6, 1}) {
-		t.Errorf("checkout success, repeated: statements per round trip %v, want [6 1]", got)
+	// Stripe dates reads to the second. A read of a later second is newer
+	// and stored at once; one of the same second is not, so it reads the
+	// stored row to see whether they differ (a tie to settle).
+	if got := again.tripSizes(0); !slices.Equal(got, []int{6, 1}) && !slices.Equal(got, []int{6, 1, 1}) {
+		t.Errorf("checkout success, repeated: statements per round trip %v, want [6 1] (a later second) or [6 1 1] (the same)", got)
 	}
 	if again.count("begin") != 1 {
 		t.Errorf("checkout success, repeated: %d transactions, want one", again.count("begin"))

@@ -41,7 +41,9 @@ ON CONFLICT (stripe_subscription_id) DO UPDATE SET
     updated_at = now()
 WHERE s.stripe_customer_id = excluded.stripe_customer_id
   AND s.status NOT IN ('canceled', 'incomplete_expired')
-  AND (excluded.source_time > s.source_time OR excluded.status IN ('canceled', 'incomplete_expired'))
+  AND (excluded.source_time > s.source_time
+       OR excluded.status IN ('canceled', 'incomplete_expired')
+       OR (excluded.source_time = s.source_time AND s.xmin::text = NULL))
 RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end;
 INSERT INTO stripe_events (event_id, type, api_version, stripe_customer_id, stripe_created, status,
     attempts, last_error, payload, processed_at)
