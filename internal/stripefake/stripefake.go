@@ -62,6 +62,8 @@ type Server struct {
 	delay         time.Duration
 	failLeft      int
 	failStatus    int
+
+	clockOffset time.Duration // Stripe's clock minus the real one
 }
 
 // New starts a fake Stripe API server; t.Cleanup closes it.
@@ -129,55 +131,75 @@ func (s *Server) Backends() *stripe.Backends {
 }
 
 // PutSession stores or replaces a checkout session. A zero Created is set to
-// now, once, so repeated reads agree.
+// now on Stripe's clock (see SetClockOffset), once, so repeated reads agree.
 func (s *Server) PutSession(sess Session) {
 	sess.Metadata = copyMetadata(sess.Metadata)
-	if sess.Created.IsZero() {
-		sess.Created = time.Now()
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if sess.Created.IsZero() {
+		sess.Created = s.stamp()
+	}
 	s.sessions[sess.ID] = sess
 	clear(s.rendered)
 }
 
 // PutSubscription stores or replaces a subscription. A zero Created is set to
-// now, and a zero CurrentPeriodEnd to Created plus one month.
+// now on Stripe's clock, and a zero CurrentPeriodEnd to Created plus one
+// month.
 func (s *Server) PutSubscription(sub Subscription) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putSubscriptionLocked(sub)
+}
+
+// PutCustomer stores or replaces a customer. A zero Created is set to now on
+// Stripe's clock.
+func (s *Server) PutCustomer(c Customer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putCustomerLocked(c)
+}
+
+// PutInvoice stores or replaces an invoice. A zero Created is set to now on
+// Stripe's clock.
+func (s *Server) PutInvoice(inv Invoice) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.putInvoiceLocked(inv)
+}
+
+// The put*Locked functions run with s.mu held and return what they stored.
+
+func (s *Server) putSubscriptionLocked(sub Subscription) Subscription {
 	sub.Metadata = copyMetadata(sub.Metadata)
 	if sub.Created.IsZero() {
-		sub.Created = time.Now()
+		sub.Created = s.stamp()
 	}
 	if sub.CurrentPeriodEnd.IsZero() {
 		sub.CurrentPeriodEnd = sub.Created.AddDate(0, 1, 0)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.subscriptions[sub.ID] = sub
 	clear(s.rendered)
+	return sub
 }
 
-// PutCustomer stores or replaces a customer. A zero Created is set to now.
-func (s *Server) PutCustomer(c Customer) {
+func (s *Server) putCustomerLocked(c Customer) Customer {
 	c.Metadata = copyMetadata(c.Metadata)
 	if c.Created.IsZero() {
-		c.Created = time.Now()
+		c.Created = s.stamp()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.customers[c.ID] = c
 	clear(s.rendered)
+	return c
 }
 
-// PutInvoice stores or replaces an invoice. A zero Created is set to now.
-func (s *Server) PutInvoice(inv Invoice) {
+func (s *Server) putInvoiceLocked(inv Invoice) Invoice {
 	if inv.Created.IsZero() {
-		inv.Created = time.Now()
+		inv.Created = s.stamp()
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.invoices[inv.ID] = inv
 	clear(s.rendered)
+	return inv
 }
 
 // Requests returns the number of API requests served so far, whatever their
@@ -255,6 +277,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Stripe-Version", apiVersion)
 
 	s.mu.Lock()
+	// Go's server would stamp Date from the real clock; Stripe's is the fake's.
+	w.Header().Set("Date", s.nowLocked().UTC().Format(http.TimeFormat))
 	failing := s.failLeft > 0
 	failStatus := s.failStatus
 	if failing {
