@@ -19,6 +19,7 @@ func TestDateHeaderFollowsOffset(t *testing.T) {
 			do   func() *http.Response
 		}{
 			{"200", func() *http.Response { return get(t, s, "/v1/customers/cus_A") }},
+			{"list", func() *http.Response { return get(t, s, "/v1/customers") }},
 			{"401", func() *http.Response {
 				res, err := http.Get(s.URL + "/v1/customers/cus_A")
 				if err != nil {

@@ -162,10 +162,7 @@ func SubscriptionJSON(sub Subscription, apiVersion string) map[string]any {
 		periodEnd = created.AddDate(0, 1, 0)
 	}
 	periodStart := periodEnd.AddDate(0, -1, 0)
-	priceID := sub.PriceID
-	if priceID == "" {
-		priceID = "price_" + derivedID("price:"+sub.ID)
-	}
+	priceID := subscriptionPrice(sub)
 	status := orDefault(sub.Status, "active")
 	basil := IsBasil(apiVersion)
 

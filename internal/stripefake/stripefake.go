@@ -63,7 +63,10 @@ type Server struct {
 	failLeft      int
 	failStatus    int
 
-	clockOffset time.Duration // Stripe's clock minus the real one
+	clockOffset       time.Duration // Stripe's clock minus the real one
+	customerOrder     ordering
+	subscriptionOrder ordering
+	invoiceOrder      ordering
 }
 
 // New starts a fake Stripe API server; t.Cleanup closes it.
@@ -179,6 +182,7 @@ func (s *Server) putSubscriptionLocked(sub Subscription) Subscription {
 		sub.CurrentPeriodEnd = sub.Created.AddDate(0, 1, 0)
 	}
 	s.subscriptions[sub.ID] = sub
+	s.subscriptionOrder.put(sub.ID, sub.Created.Unix())
 	clear(s.rendered)
 	return sub
 }
@@ -189,6 +193,7 @@ func (s *Server) putCustomerLocked(c Customer) Customer {
 		c.Created = s.stamp()
 	}
 	s.customers[c.ID] = c
+	s.customerOrder.put(c.ID, c.Created.Unix())
 	clear(s.rendered)
 	return c
 }
@@ -198,6 +203,7 @@ func (s *Server) putInvoiceLocked(inv Invoice) Invoice {
 		inv.Created = s.stamp()
 	}
 	s.invoices[inv.ID] = inv
+	s.invoiceOrder.put(inv.ID, inv.Created.Unix())
 	clear(s.rendered)
 	return inv
 }
@@ -309,25 +315,30 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, unrecognized)
 		return
 	}
-	// The same request answers the same bytes until an object changes:
-	// rendered once, so that a load against the fake measures lockstep.
+	resource, id := route(r.URL.Path)
+	// The same request for one object answers the same bytes until an
+	// object changes: rendered once, so that a load against the fake
+	// measures lockstep. Lists are rendered every time.
+	cacheable := id != ""
 	key := apiVersion + " " + r.URL.Path + "?" + r.URL.RawQuery
-	s.mu.Lock()
-	cached, ok := s.rendered[key]
-	s.mu.Unlock()
-	if ok {
-		writeRendered(w, http.StatusOK, cached)
-		return
+	if cacheable {
+		s.mu.Lock()
+		cached, ok := s.rendered[key]
+		s.mu.Unlock()
+		if ok {
+			writeRendered(w, http.StatusOK, cached)
+			return
+		}
 	}
 	expand := expansions(r)
 
 	var (
-		obj    map[string]any
+		obj    any
 		status = http.StatusOK
 		apiErr *stripeError
 	)
 	s.mu.Lock()
-	switch resource, id := route(r.URL.Path); resource {
+	switch resource {
 	case "checkout.session":
 		obj, status, apiErr = s.session(id, expand, apiVersion)
 	case "subscription":
@@ -336,6 +347,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		obj, status, apiErr = s.customer(id)
 	case "invoice":
 		obj, status, apiErr = s.invoice(id, expand, apiVersion)
+	case "customer.list":
+		obj, status, apiErr = s.listCustomers(r.URL.Query())
+	case "subscription.list":
+		obj, status, apiErr = s.listSubscriptions(r.URL.Query(), expand, apiVersion)
+	case "invoice.list":
+		obj, status, apiErr = s.listInvoices(r.URL.Query(), expand, apiVersion)
 	default:
 		status, apiErr = http.StatusNotFound, &unrecognized
 	}
@@ -350,7 +367,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	if status == http.StatusOK {
+	if cacheable && status == http.StatusOK {
 		s.mu.Lock()
 		if s.rendered == nil {
 			s.rendered = map[string][]byte{}
@@ -361,8 +378,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	writeRendered(w, status, b)
 }
 
-// route maps a path to the resource it names and the id in it.
+// route maps a path to the resource it names and the id in it; a list is
+// "<object>.list" with no id.
 func route(path string) (resource, id string) {
+	switch path {
+	case "/v1/customers":
+		return "customer.list", ""
+	case "/v1/subscriptions":
+		return "subscription.list", ""
+	case "/v1/invoices":
+		return "invoice.list", ""
+	}
 	for prefix, res := range map[string]string{
 		"/v1/checkout/sessions/": "checkout.session",
 		"/v1/subscriptions/":     "subscription",
