@@ -28,6 +28,8 @@ func drain(t *testing.T, it stripeIter) []string {
 			ids = append(ids, v.ID)
 		case *stripe.Invoice:
 			ids = append(ids, v.ID)
+		case *stripe.Event:
+			ids = append(ids, v.ID)
 		default:
 			t.Fatalf("iterator yields %T", v)
 		}

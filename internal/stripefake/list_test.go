@@ -62,6 +62,19 @@ var listKinds = []listKind{
 			return api.Invoices.List(&stripe.InvoiceListParams{ListParams: stripe.ListParams{Limit: stripe.Int64(100)}})
 		},
 	},
+	{
+		name: "events",
+		put: func(s *Server, i int, created time.Time) string {
+			id, _ := s.EmitAt("customer.created", CustomerJSON(Customer{ID: fmt.Sprintf("cus_%05d", i)}), created)
+			return id
+		},
+		list: func(api *client.API, since time.Time) stripeIter {
+			return api.Events.List(&stripe.EventListParams{
+				ListParams:   stripe.ListParams{Limit: stripe.Int64(100)},
+				CreatedRange: &stripe.RangeQueryParams{GreaterThanOrEqual: since.Unix()},
+			})
+		},
+	},
 }
 
 // putShuffled puts n objects of kind k, in index order, with created times
@@ -166,7 +179,7 @@ func TestListEnvelope(t *testing.T) {
 	t.Parallel()
 	s := New(t)
 	seed(s)
-	for _, path := range []string{"/v1/customers", "/v1/subscriptions", "/v1/invoices"} {
+	for _, path := range []string{"/v1/customers", "/v1/subscriptions", "/v1/invoices", "/v1/events"} {
 		m := getJSON(t, s, path, "")
 		if m["object"] != "list" || m["url"] != path || m["has_more"] != false {
 			t.Errorf("%s: envelope %v", path, m)
@@ -350,12 +363,14 @@ func TestListErrors(t *testing.T) {
 		{"/v1/customers?starting_after=cus_nope", "starting_after", "No such customer: 'cus_nope'"},
 		{"/v1/subscriptions?ending_before=sub_nope", "ending_before", "No such subscription: 'sub_nope'"},
 		{"/v1/invoices?starting_after=in_nope", "starting_after", "No such invoice: 'in_nope'"},
+		{"/v1/events?starting_after=evt_nope", "starting_after", "No such event: 'evt_nope'"},
 		{"/v1/customers?starting_after=cus_A&ending_before=cus_A", "ending_before", "You may only specify one of these parameters: ending_before, starting_after."},
 		{"/v1/customers?created[gte]=yesterday", "created[gte]", "Invalid integer: yesterday"},
 		{"/v1/customers?created[since]=1", "created[since]", "Received unknown parameter: created[since]"},
 		{"/v1/customers?status=active", "status", "Received unknown parameter: status"},
 		{"/v1/subscriptions?status=gone", "status", "Invalid status: must be one of active, all, canceled, ended, incomplete, incomplete_expired, past_due, paused, trialing, or unpaid"},
 		{"/v1/invoices?status=active", "status", "Invalid status: must be one of draft, open, paid, uncollectible, or void"},
+		{"/v1/events?type=a&types[]=b", "types", "You may pass either `type` or `types`, but not both."},
 	} {
 		status, e := getError(t, s, tc.path)
 		if status != http.StatusBadRequest || e.Type != stripe.ErrorTypeInvalidRequest || e.Param != tc.param || e.Msg != tc.message {

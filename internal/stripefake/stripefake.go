@@ -67,6 +67,9 @@ type Server struct {
 	customerOrder     ordering
 	subscriptionOrder ordering
 	invoiceOrder      ordering
+	events            map[string]event
+	eventOrder        ordering
+	eventAPIVersion   string
 }
 
 // New starts a fake Stripe API server; t.Cleanup closes it.
@@ -318,8 +321,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	resource, id := route(r.URL.Path)
 	// The same request for one object answers the same bytes until an
 	// object changes: rendered once, so that a load against the fake
-	// measures lockstep. Lists are rendered every time.
-	cacheable := id != ""
+	// measures lockstep. Lists and events are rendered every time.
+	cacheable := id != "" && resource != "event"
 	key := apiVersion + " " + r.URL.Path + "?" + r.URL.RawQuery
 	if cacheable {
 		s.mu.Lock()
@@ -347,12 +350,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		obj, status, apiErr = s.customer(id)
 	case "invoice":
 		obj, status, apiErr = s.invoice(id, expand, apiVersion)
+	case "event":
+		obj, status, apiErr = s.getEvent(id)
 	case "customer.list":
 		obj, status, apiErr = s.listCustomers(r.URL.Query())
 	case "subscription.list":
 		obj, status, apiErr = s.listSubscriptions(r.URL.Query(), expand, apiVersion)
 	case "invoice.list":
 		obj, status, apiErr = s.listInvoices(r.URL.Query(), expand, apiVersion)
+	case "event.list":
+		obj, status, apiErr = s.listEvents(r.URL.Query())
 	default:
 		status, apiErr = http.StatusNotFound, &unrecognized
 	}
@@ -388,12 +395,15 @@ func route(path string) (resource, id string) {
 		return "subscription.list", ""
 	case "/v1/invoices":
 		return "invoice.list", ""
+	case "/v1/events":
+		return "event.list", ""
 	}
 	for prefix, res := range map[string]string{
 		"/v1/checkout/sessions/": "checkout.session",
 		"/v1/subscriptions/":     "subscription",
 		"/v1/customers/":         "customer",
 		"/v1/invoices/":          "invoice",
+		"/v1/events/":            "event",
 	} {
 		if rest, ok := strings.CutPrefix(path, prefix); ok && rest != "" && !strings.Contains(rest, "/") {
 			return res, rest
