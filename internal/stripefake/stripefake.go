@@ -70,6 +70,8 @@ type Server struct {
 	events            map[string]event
 	eventOrder        ordering
 	eventAPIVersion   string
+	limiter           limiter
+	throttled         int // 429 rate_limit answers
 }
 
 // New starts a fake Stripe API server; t.Cleanup closes it.
@@ -239,8 +241,9 @@ func (s *Server) SetDelay(d time.Duration) {
 }
 
 // FailNext makes the next n requests answer status with a Stripe api_error
-// body (a status outside 100-999 means 500). n <= 0 cancels pending
-// failures. Note that stripe-go retries 409,
+// body, or for 429 the body of Stripe's rate limiter (code rate_limit, as
+// SetRateLimit answers); a status outside 100-999 means 500. n <= 0 cancels
+// pending failures. Note that stripe-go retries 409,
 // 503 and, for GETs, any 5xx unless its MaxNetworkRetries is 0; each retry
 // is a request and consumes one failure.
 func (s *Server) FailNext(n int, status int) {
@@ -288,12 +291,21 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	// Go's server would stamp Date from the real clock; Stripe's is the fake's.
 	w.Header().Set("Date", s.nowLocked().UTC().Format(http.TimeFormat))
-	failing := s.failLeft > 0
+	throttled := !s.limiter.admit(time.Now())
+	failing := !throttled && s.failLeft > 0
 	failStatus := s.failStatus
 	if failing {
 		s.failLeft--
 	}
+	rateLimit := throttled || failing && failStatus == http.StatusTooManyRequests
+	if rateLimit {
+		s.throttled++
+	}
 	s.mu.Unlock()
+	if rateLimit {
+		writeRateLimited(w)
+		return
+	}
 	if failing {
 		writeError(w, failStatus, stripeError{
 			Type:    "api_error",
@@ -525,6 +537,7 @@ type stripeError struct {
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message"`
 	Param   string `json:"param,omitempty"`
+	DocURL  string `json:"doc_url,omitempty"`
 }
 
 func noSuch(object, id string) *stripeError {
