@@ -8,6 +8,18 @@
 //	GET /v1/subscriptions/{id}       expand[]=customer
 //	GET /v1/customers/{id}           (a deleted customer answers the deleted stub)
 //	GET /v1/invoices/{id}            expand[]=subscription, expand[]=customer
+//	GET /v1/events/{id}              (events of the last 30 days)
+//	GET /v1/customers                email; deleted customers are not listed
+//	GET /v1/subscriptions            customer, price, status (default: not ended;
+//	                                 all, ended or one status); expand[]=data.customer
+//	GET /v1/invoices                 customer, subscription, status; expand[]=data.customer
+//	GET /v1/events                   type (* wildcard) or types[]; the last 30 days
+//
+// Lists take limit (1-100, default 10), starting_after or ending_before, and
+// created or created[gt|gte|lt|lte]; they answer {"object":"list","url",
+// "has_more","data"}, newest first (created descending, then the reverse
+// order of first Put), and refuse a parameter the fake does not implement as
+// Stripe refuses an unknown one (400).
 //
 // Every request needs "Authorization: Bearer <key>" (or Basic auth with the
 // key as user name) where the key starts with sk_test_, sk_live_ or rk_;
@@ -25,7 +37,17 @@
 //
 // Webhook events are built with EventJSON from the same object renderers
 // (SessionJSON, SubscriptionJSON, CustomerJSON, InvoiceJSON) and signed with
-// SignatureHeader or SignatureHeaderMulti.
+// SignatureHeader or SignatureHeaderMulti. Emit (or UpdateSubscription,
+// UpdateCustomer, UpdateInvoice, which also store the object) records an
+// event for the Events API and returns the payload a webhook would carry, to
+// be delivered or deliberately lost.
+//
+// Knobs: SetClockOffset moves Stripe's clock (Now) away from the real one;
+// it stamps the Date header of every answer, default created times and
+// event retention. SetRateLimit answers 429 rate_limit above a request rate
+// (Throttled counts them); FailNext injects failures, SetDelay latency,
+// SetOnRequest a hook; SetEventAPIVersion is the account's API version for
+// events.
 package stripefake
 
 import (
