@@ -7,12 +7,16 @@ package integration_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/internal/stripefake"
 )
@@ -299,4 +303,61 @@ func TestSyncKeepsToStripeRateLimit(t *testing.T) {
 		t.Fatal("a sync at 200/s against a Stripe limiting at 5/s saw no 429: the test proves nothing")
 	}
 	b2.assertStoredEquals(a2)
+}
+
+// serve sweeps by itself every STRIPE_SWEEP_INTERVAL, and exports what the
+// sweeper recovered.
+func TestServeSweepsOnItsInterval(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withMaxConns(4))
+	fx := b.paidCheckout(uniqueUser("serve-sweep"), b.stripe.Now().Add(-time.Hour).Truncate(time.Second))
+	b.checkoutEvents(fx) // three events, none delivered
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	vars := map[string]string{
+		"DATABASE_URL": b.db.URL, "LISTEN_ADDR": addr, "STRIPE_WEBHOOK_SECRET": secretNew,
+		"STRIPE_SECRET_KEY": stripeKey, "STRIPE_API_BASE": b.stripe.URL, "APP_API_TOKEN": appToken,
+		"ADMIN_TOKEN": adminToken, "STRIPE_SWEEP_INTERVAL": "1s", "LOG_LEVEL": "warn",
+	}
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"serve"}, app.Env{Getenv: func(k string) string { return vars[k] }, Stdout: &logs, Stderr: &logs})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v\n%s", err, logs.String())
+		}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for b.count(`SELECT count(*) FROM stripe_events`) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("serve's sweeper recovered %d of 3 missed events in 60 s:\n%s",
+				b.count(`SELECT count(*) FROM stripe_events`), logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := b.subStatus(fx.subscription); st != "active" {
+		t.Fatalf("after serve's sweep the subscription is %s, want active", st)
+	}
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	if !strings.Contains(string(body), "lockstep_sweep_events_recovered_total 3") {
+		t.Fatalf("/metrics does not count the 3 recovered events:\n%s", grepLines(string(body), "lockstep_sweep"))
+	}
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
