@@ -361,3 +361,66 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// The bulk writers make no Stripe call while lockstep holds a lock or a
+// transaction: sync (one worker, so any lock held is its own), verify
+// --repair and the sweeper, with same-second snapshots that make them ask
+// Stripe again.
+func TestBulkWritersMakeNoStripeCallUnderLock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	a := seedAccount(b, 30)
+	var mu sync.Mutex
+	var violations []string
+	b.stripe.SetOnRequest(func(r *http.Request) {
+		var held int
+		err := b.db.Pool.QueryRow(context.Background(), `
+SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid
+WHERE a.datname = current_database() AND a.application_name LIKE 'lockstep %'
+  AND ((l.locktype = 'advisory' AND l.granted) OR a.xact_start IS NOT NULL)`).Scan(&held)
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil:
+			violations = append(violations, err.Error())
+		case held > 0:
+			violations = append(violations, fmt.Sprintf("%s while lockstep held %d locks or transactions", r.URL.Path, held))
+		}
+	})
+	ctx := context.Background()
+	api := b.app.BulkAPI
+	// Same-second snapshots with other content: webhooks dated now.
+	now := b.stripe.Now().Truncate(time.Second)
+	for _, s := range a.subs {
+		if s.Status == "active" {
+			s.Status = "past_due"
+			ev := stripefake.EventJSON(stripefake.NewID("evt_"), "customer.subscription.updated", now, stripefake.DefaultAPIVersion,
+				stripefake.SubscriptionJSON(s, stripefake.DefaultAPIVersion))
+			must200(t, "webhook", b.postWebhook(ev))
+		}
+	}
+	if _, err := b.app.Bulk.Sync(ctx, api, billing.SyncOptions{Workers: 1}); err != nil {
+		t.Fatalf("sync: %v", err)
+	}
+	for _, fx := range []fixture{b.paidCheckout(uniqueUser("nolock"), now)} {
+		b.checkoutEvents(fx)
+	}
+	if _, err := b.app.Bulk.Sweep(ctx, api, billing.SweepOptions{Owner: "nolock"}); err != nil {
+		t.Fatalf("sweep: %v", err)
+	}
+	for _, s := range a.subs {
+		s.CancelAtPeriodEnd = !s.CancelAtPeriodEnd
+		b.stripe.PutSubscription(s)
+	}
+	if _, err := b.app.Bulk.Verify(ctx, api, billing.VerifyOptions{Repair: true}); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if n := b.stripe.Requests(); n < 10 {
+		t.Fatalf("only %d Stripe requests: the test exercised nothing", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(violations) > 0 {
+		t.Fatalf("%d Stripe calls made while lockstep held a lock or transaction: %v", len(violations), violations)
+	}
+}
