@@ -146,7 +146,9 @@ func TestTxFirstStatementWaitsForTheLock(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	const holdFor = 300 * time.Millisecond
+	// Held long enough that the hold (the 100 ms sleep and a few round
+	// trips) stays shorter than the wait even on a loaded machine.
+	const holdFor = time.Second // under the manager's 1.5 s lock_timeout
 	time.Sleep(holdFor)
 	if n := b.rows(t); n != 0 {
 		t.Fatalf("%d rows visible while the writer waits for the lock", n)
