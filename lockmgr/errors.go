@@ -5,7 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -63,22 +63,25 @@ func Classify(err error) Class {
 		}
 		return Permanent
 	}
+	// A connection that failed under the transaction, by the types pgx
+	// returns: a lock on a closed connection (pgconn.ErrConnClosed, "conn
+	// closed"), a write that sent nothing (SafeToRetry), a failed connect, a
+	// socket error (*net.OpError around ECONNRESET "connection reset" or
+	// EPIPE "broken pipe"; a net.Error), and a read cut short (io.EOF, or
+	// io.ErrUnexpectedEOF as pgproto3 reports a stream that ended inside a
+	// message). pgx reports none of these as text only.
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
 	switch {
 	case pgconn.SafeToRetry(err),
+		errors.Is(err, pgconn.ErrConnClosed),
 		errors.As(err, &connectErr),
+		errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE),
 		errors.As(err, &netErr),
 		errors.Is(err, io.EOF),
 		errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, net.ErrClosed):
-		return Transient
-	}
-	// pgconn reports a connection that died under it with plain errors
-	// ("conn closed", "unexpected EOF" wrapped as text by some paths).
-	msg := err.Error()
-	if strings.Contains(msg, "conn closed") || strings.Contains(msg, "connection reset") ||
-		strings.Contains(msg, "broken pipe") || strings.Contains(msg, "unexpected EOF") {
 		return Transient
 	}
 	return Permanent

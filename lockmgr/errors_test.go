@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -22,7 +24,8 @@ func TestFaultClassifyTable(t *testing.T) {
 	t.Parallel()
 	pg := func(code string) error { return &pgconn.PgError{Code: code, Message: "x"} }
 	wrap := func(err error) error { return fmt.Errorf("upsert subscription sub_1: %w", err) }
-	opErr := &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+	opErr := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	pipeErr := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.EPIPE)}
 	cases := []struct {
 		name string
 		err  error
@@ -54,7 +57,11 @@ func TestFaultClassifyTable(t *testing.T) {
 		{"unexpected EOF", wrap(io.ErrUnexpectedEOF), lockmgr.Transient},
 		{"use of closed connection", wrap(net.ErrClosed), lockmgr.Transient},
 		{"connection reset", wrap(opErr), lockmgr.Transient},
-		{"conn closed, as text", errors.New("commit: conn closed"), lockmgr.Transient},
+		{"conn closed (pgconn.ErrConnClosed)", fmt.Errorf("commit: %w", pgconn.ErrConnClosed), lockmgr.Transient},
+		{"broken pipe", wrap(pipeErr), lockmgr.Transient},
+		{"bare ECONNRESET", wrap(syscall.ECONNRESET), lockmgr.Transient},
+		{"bare EPIPE", wrap(syscall.EPIPE), lockmgr.Transient},
+		{"text that names a failure but has no type", errors.New("commit: conn closed: connection reset: broken pipe: unexpected EOF"), lockmgr.Permanent},
 		{"customer busy (queued out the budget)", wrap(lockmgr.ErrCustomerBusy), lockmgr.Transient},
 		{"retry error around a lock timeout", &lockmgr.RetryError{Attempts: 3, Err: pg("55P03")}, lockmgr.Transient},
 		{"context canceled", wrap(context.Canceled), lockmgr.Permanent},
@@ -76,5 +83,71 @@ func TestFaultClassifyTable(t *testing.T) {
 	}
 	if got := lockmgr.SQLState(io.EOF); got != "" {
 		t.Errorf("SQLState(EOF) = %q, want empty", got)
+	}
+}
+
+// The connection failures pgx itself returns are classified by their types,
+// not their text: a query on a connection pgx closed ("conn closed"), and a
+// server that closed or reset the connection after reading the query.
+func TestClassifyPgconnConnectionErrors(t *testing.T) {
+	t.Parallel()
+	construct := func(t *testing.T, c net.Conn) *pgconn.PgConn {
+		t.Helper()
+		cfg, err := pgconn.ParseConfig("postgres://lockstep@127.0.0.1/lockstep")
+		if err != nil {
+			t.Fatalf("parse config: %v", err)
+		}
+		conn, err := pgconn.Construct(&pgconn.HijackedConn{Conn: c, Config: cfg, TxStatus: 'I', ParameterStatuses: map[string]string{}})
+		if err != nil {
+			t.Fatalf("construct: %v", err)
+		}
+		return conn
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	client, server := net.Pipe()
+	conn := construct(t, client)
+	server.Close()
+	_ = conn.Close(ctx)
+	_, err := conn.Exec(ctx, "SELECT 1").ReadAll()
+	if !errors.Is(err, pgconn.ErrConnClosed) || !lockmgr.IsTransient(err) {
+		t.Errorf("query on a closed connection: %v (ErrConnClosed %v), want transient", err, errors.Is(err, pgconn.ErrConnClosed))
+	}
+
+	for _, c := range []struct {
+		name  string
+		serve func(*net.TCPConn)
+	}{
+		{"server gone after reading the query", func(s *net.TCPConn) {
+			_, _ = s.Read(make([]byte, 1024))
+			s.Close()
+		}},
+		{"server reset the connection", func(s *net.TCPConn) {
+			_, _ = s.Read(make([]byte, 1024))
+			_ = s.SetLinger(0)
+			s.Close()
+		}},
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			if s, err := ln.Accept(); err == nil {
+				c.serve(s.(*net.TCPConn))
+			}
+		}()
+		client, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := construct(t, client)
+		_, err = conn.Exec(ctx, "SELECT 1").ReadAll()
+		if err == nil || !lockmgr.IsTransient(err) {
+			t.Errorf("%s: %v, want a transient error", c.name, err)
+		}
+		_ = conn.Close(ctx)
+		ln.Close()
 	}
 }
