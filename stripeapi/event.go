@@ -87,54 +87,6 @@ func decodeEvent(payload []byte) (eventWire, error) {
 	return unmarshalWire[eventWire](payload, "event")
 }
 
-var eventFields = []string{"id", "object", "type", "api_version", "created", "data"}
-
-// scanEvent is the fast counterpart of decodeEvent (see scan.go).
-func scanEvent(s *scanner, depth int, w *eventWire) bool {
-	return s.fields(depth, eventFields, func(name string) bool {
-		switch name {
-		case "id":
-			return s.stringInto(&w.ID)
-		case "object":
-			return s.stringInto(&w.Object)
-		case "type":
-			return s.stringInto(&w.Type)
-		case "api_version":
-			return s.stringPtrInto(&w.APIVersion)
-		case "created":
-			return s.intInto(&w.Created)
-		case "data":
-			if s.null() {
-				w.Data = nil
-				return true
-			}
-			w.Data = new(eventData)
-			return scanEventData(s, depth+1, w.Data)
-		}
-		return false
-	})
-}
-
-var eventDataFields = []string{"object"}
-
-func scanEventData(s *scanner, depth int, d *eventData) bool {
-	return s.fields(depth, eventDataFields, func(name string) bool {
-		switch name {
-		case "object":
-			// A json.RawMessage takes any value's text, null included
-			// (which ParseEvent then refuses).
-			s.skipSpace()
-			start := s.i
-			if !s.value(depth + 1) {
-				return false
-			}
-			d.Object = s.b[start:s.i]
-			return true
-		}
-		return false
-	})
-}
-
 func validType(t string) bool {
 	if t == "" || len(t) > 100 {
 		return false

@@ -178,37 +178,6 @@ type sessionWire = struct {
 	Created           int64             `json:"created"`
 }
 
-var sessionFields = []string{"id", "object", "customer", "subscription", "client_reference_id",
-	"metadata", "status", "payment_status", "mode", "created"}
-
-func scanSession(s *scanner, depth int, w *sessionWire) bool {
-	return s.fields(depth, sessionFields, func(name string) bool {
-		switch name {
-		case "id":
-			return s.stringInto(&w.ID)
-		case "object":
-			return s.stringInto(&w.Object)
-		case "customer":
-			return s.expandableInto(&w.Customer, depth+1)
-		case "subscription":
-			return s.expandableInto(&w.Subscription, depth+1)
-		case "client_reference_id":
-			return s.stringPtrInto(&w.ClientReferenceID)
-		case "metadata":
-			return s.metadataInto(&w.Metadata, depth+1)
-		case "status":
-			return s.stringPtrInto(&w.Status)
-		case "payment_status":
-			return s.stringInto(&w.PaymentStatus)
-		case "mode":
-			return s.stringInto(&w.Mode)
-		case "created":
-			return s.intInto(&w.Created)
-		}
-		return false
-	})
-}
-
 // ValidUserID reports whether s is acceptable as the app's user id: 1 to 255
 // bytes of valid UTF-8 with no control characters.
 func ValidUserID(s string) bool {
@@ -313,71 +282,6 @@ type subscriptionItem = struct {
 	CurrentPeriodEnd int64      `json:"current_period_end"`
 }
 
-var subscriptionFields = []string{"id", "object", "customer", "status", "cancel_at_period_end",
-	"current_period_end", "created", "items"}
-
-func scanSubscription(s *scanner, depth int, w *subscriptionWire) bool {
-	return s.fields(depth, subscriptionFields, func(name string) bool {
-		switch name {
-		case "id":
-			return s.stringInto(&w.ID)
-		case "object":
-			return s.stringInto(&w.Object)
-		case "customer":
-			return s.expandableInto(&w.Customer, depth+1)
-		case "status":
-			return s.stringInto(&w.Status)
-		case "cancel_at_period_end":
-			return s.boolInto(&w.CancelAtPeriodEnd)
-		case "current_period_end":
-			return s.intInto(&w.CurrentPeriodEnd)
-		case "created":
-			return s.intInto(&w.Created)
-		case "items":
-			return s.null() || scanItemList(s, depth+1, &w.Items) // null leaves a struct as it is
-		}
-		return false
-	})
-}
-
-var itemListFields = []string{"data"}
-
-func scanItemList(s *scanner, depth int, l *itemList) bool {
-	return s.fields(depth, itemListFields, func(name string) bool {
-		switch name {
-		case "data":
-			if s.null() {
-				l.Data = nil
-				return true
-			}
-			l.Data = []subscriptionItem{}
-			return s.array(depth+1, func() bool {
-				var it subscriptionItem // a null element stays zero
-				if !s.null() && !scanSubscriptionItem(s, depth+2, &it) {
-					return false
-				}
-				l.Data = append(l.Data, it)
-				return true
-			})
-		}
-		return false
-	})
-}
-
-var subscriptionItemFields = []string{"price", "current_period_end"}
-
-func scanSubscriptionItem(s *scanner, depth int, it *subscriptionItem) bool {
-	return s.fields(depth, subscriptionItemFields, func(name string) bool {
-		switch name {
-		case "price":
-			return s.expandableInto(&it.Price, depth+1)
-		case "current_period_end":
-			return s.intInto(&it.CurrentPeriodEnd)
-		}
-		return false
-	})
-}
-
 // Customer is the part of a customer lockstep stores.
 type Customer struct {
 	ID             string
@@ -415,26 +319,6 @@ type customerWire = struct {
 	Deleted  bool              `json:"deleted"`
 	Metadata map[string]string `json:"metadata"`
 	Created  int64             `json:"created"`
-}
-
-var customerFields = []string{"id", "object", "deleted", "metadata", "created"}
-
-func scanCustomer(s *scanner, depth int, w *customerWire) bool {
-	return s.fields(depth, customerFields, func(name string) bool {
-		switch name {
-		case "id":
-			return s.stringInto(&w.ID)
-		case "object":
-			return s.stringInto(&w.Object)
-		case "deleted":
-			return s.boolInto(&w.Deleted)
-		case "metadata":
-			return s.metadataInto(&w.Metadata, depth+1)
-		case "created":
-			return s.intInto(&w.Created)
-		}
-		return false
-	})
 }
 
 // Invoice is the part of an invoice lockstep stores.
@@ -506,69 +390,4 @@ type invoiceParent = struct {
 
 type subscriptionDetails = struct {
 	Subscription expandable `json:"subscription"`
-}
-
-var invoiceFields = []string{"id", "object", "customer", "subscription", "parent",
-	"status", "amount_due", "amount_paid", "currency", "created"}
-
-func scanInvoice(s *scanner, depth int, w *invoiceWire) bool {
-	return s.fields(depth, invoiceFields, func(name string) bool {
-		switch name {
-		case "id":
-			return s.stringInto(&w.ID)
-		case "object":
-			return s.stringInto(&w.Object)
-		case "customer":
-			return s.expandableInto(&w.Customer, depth+1)
-		case "subscription":
-			return s.expandableInto(&w.Subscription, depth+1)
-		case "parent":
-			if s.null() {
-				w.Parent = nil
-				return true
-			}
-			w.Parent = new(invoiceParent)
-			return scanInvoiceParent(s, depth+1, w.Parent)
-		case "status":
-			return s.stringPtrInto(&w.Status)
-		case "amount_due":
-			return s.intInto(&w.AmountDue)
-		case "amount_paid":
-			return s.intInto(&w.AmountPaid)
-		case "currency":
-			return s.stringInto(&w.Currency)
-		case "created":
-			return s.intInto(&w.Created)
-		}
-		return false
-	})
-}
-
-var invoiceParentFields = []string{"subscription_details"}
-
-func scanInvoiceParent(s *scanner, depth int, p *invoiceParent) bool {
-	return s.fields(depth, invoiceParentFields, func(name string) bool {
-		switch name {
-		case "subscription_details":
-			if s.null() {
-				p.SubscriptionDetails = nil
-				return true
-			}
-			p.SubscriptionDetails = new(subscriptionDetails)
-			return scanSubscriptionDetails(s, depth+1, p.SubscriptionDetails)
-		}
-		return false
-	})
-}
-
-var subscriptionDetailsFields = []string{"subscription"}
-
-func scanSubscriptionDetails(s *scanner, depth int, d *subscriptionDetails) bool {
-	return s.fields(depth, subscriptionDetailsFields, func(name string) bool {
-		switch name {
-		case "subscription":
-			return s.expandableInto(&d.Subscription, depth+1)
-		}
-		return false
-	})
 }
