@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/lockstep/lockstep/lockmgr"
 )
 
 // Config is lockstep's whole configuration.
@@ -93,10 +95,11 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 		add("LOCKSTEP_ENV", fmt.Sprintf("must be production or development, got %q", env))
 	}
 	var err error
-	if c.LockTimeout, err = duration(getenv, "LOCK_TIMEOUT", 1500*time.Millisecond); err != nil {
+	locks := lockmgr.DefaultConfig() // the defaults are lockmgr's
+	if c.LockTimeout, err = duration(getenv, "LOCK_TIMEOUT", locks.LockTimeout); err != nil {
 		errs = append(errs, err)
 	}
-	if c.RetryBudget, err = duration(getenv, "RETRY_BUDGET", 4*time.Second); err != nil {
+	if c.RetryBudget, err = duration(getenv, "RETRY_BUDGET", locks.RetryBudget); err != nil {
 		errs = append(errs, err)
 	}
 	if c.ShutdownTimeout, err = duration(getenv, "SHUTDOWN_TIMEOUT", 15*time.Second); err != nil {
@@ -290,38 +293,14 @@ func (c *Config) MigrateURL() string {
 	return c.DatabaseURL
 }
 
-// Redact masks a secret, keeping only its kind (whsec_, sk_test_, ...).
-func Redact(s string) string {
-	if s == "" {
-		return ""
-	}
-	prefix := ""
-	for _, p := range []string{"whsec_", "sk_test_", "sk_live_", "rk_test_", "rk_live_", "sk_", "rk_"} {
-		if strings.HasPrefix(s, p) {
-			prefix = p
-			break
-		}
-	}
-	return prefix + "****"
-}
-
-// RedactURL hides the password of a database URL.
-func RedactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
-}
-
 // String prints the configuration with every secret masked.
 func (c *Config) String() string {
 	secrets := make([]string, len(c.WebhookSecrets))
 	for i, s := range c.WebhookSecrets {
-		secrets[i] = Redact(s)
+		secrets[i] = redact(s)
 	}
 	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
-		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
+		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), redact(c.StripeSecretKey),
 		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
 		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
 }

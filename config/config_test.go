@@ -218,17 +218,21 @@ func TestStringMasksSecrets(t *testing.T) {
 	}
 }
 
-func TestRedact(t *testing.T) {
+// MaskSecrets masks every kind of secret Load accepts, wherever it appears
+// in a text, and keeps the kind.
+func TestMaskSecrets(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
-		"":                       "",
-		"whsec_abcdef0123456789": "whsec_****",
-		"sk_test_abcdef":         "sk_test_****",
-		"rk_live_abcdef":         "rk_live_****",
-		"something-else":         "****",
+		"no secret here":              "no secret here",
+		"task_list sk_ alone":         "task_list sk_ alone",
+		"key=sk_test_abc,x":           "key=sk_test_****,x",
+		"whsec_a whsec_b":             "whsec_**** whsec_****",
+		"rk_live_abcdef":              "rk_live_****",
+		"a bare key sk_abc123":        "a bare key sk_****",
+		"masked already sk_live_****": "masked already sk_live_****",
 	} {
-		if got := config.Redact(in); got != want {
-			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		if got := config.MaskSecrets(in); got != want {
+			t.Errorf("MaskSecrets(%q) = %q, want %q", in, got, want)
 		}
 	}
 	if got := config.RedactURL("postgres://u:secretpw@h/db"); strings.Contains(got, "secretpw") {

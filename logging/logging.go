@@ -7,8 +7,8 @@
 // request ends names the event or session it worked on.
 //
 // Secrets never belong in a log line; as a last line of defence, string
-// values that carry a Stripe secret (whsec_, sk_live_, sk_test_, rk_live_,
-// rk_test_) are masked before they are written.
+// values that carry a Stripe secret (whsec_, sk_, rk_ ...) are masked before
+// they are written, by config.MaskSecrets.
 package logging
 
 import (
@@ -16,9 +16,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"regexp"
-	"strings"
 	"sync"
+
+	"github.com/lockstep/lockstep/config"
 )
 
 type ctxKey struct{}
@@ -73,8 +73,8 @@ func With(ctx context.Context, attrs ...slog.Attr) context.Context {
 	return context.WithValue(ctx, ctxKey{}, all)
 }
 
-// Attrs returns the attributes With stored in ctx.
-func Attrs(ctx context.Context) []slog.Attr {
+// ctxAttrs returns the attributes With stored in ctx.
+func ctxAttrs(ctx context.Context) []slog.Attr {
 	a, _ := ctx.Value(ctxKey{}).([]slog.Attr)
 	return a
 }
@@ -85,7 +85,7 @@ type ctxHandler struct{ slog.Handler }
 // added with With), and none whose key r already has: a line that names its
 // event explicitly does not name it twice (a JSON object with a repeated key).
 func (h ctxHandler) Handle(ctx context.Context, r slog.Record) error {
-	attrs := Attrs(ctx)
+	attrs := ctxAttrs(ctx)
 	if len(attrs) == 0 {
 		return h.Handler.Handle(ctx, r)
 	}
@@ -127,30 +127,13 @@ func New(w io.Writer, level slog.Level) *slog.Logger {
 	return slog.New(ctxHandler{h})
 }
 
-// secretPattern matches the Stripe secrets lockstep is configured with.
-var secretPattern = regexp.MustCompile(`\b(whsec_|sk_live_|sk_test_|rk_live_|rk_test_)[A-Za-z0-9_]+`)
-
-// maskSecrets replaces the body of any Stripe secret in a string value (an
-// error message that quoted one, say) with ****.
+// maskSecrets masks any Stripe secret in a string value (an error message
+// that quoted one, say), as config.MaskSecrets does.
 func maskSecrets(_ []string, a slog.Attr) slog.Attr {
-	if a.Value.Kind() != slog.KindString {
-		return a
-	}
-	if s := a.Value.String(); MayHoldSecret(s) {
-		a.Value = slog.StringValue(Mask(s))
+	if a.Value.Kind() == slog.KindString {
+		a.Value = slog.StringValue(config.MaskSecrets(a.Value.String()))
 	}
 	return a
-}
-
-// MayHoldSecret is a cheap test for Mask's work.
-func MayHoldSecret(s string) bool {
-	return strings.Contains(s, "whsec_") || strings.Contains(s, "sk_") || strings.Contains(s, "rk_")
-}
-
-// Mask replaces the body of every Stripe secret in s with ****, keeping
-// its prefix so a reader knows what kind of secret was there.
-func Mask(s string) string {
-	return secretPattern.ReplaceAllString(s, "${1}****")
 }
 
 func isTerminal(w io.Writer) bool {
