@@ -62,15 +62,16 @@ fuzz-each:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
 	done
 
-# `make bench` runs lockstep in-process beside the pgbench reference, each on a
-# scratch database on the server scripts/pg.sh finds or starts; the report and
-# chart land in BENCH_OUT. Other shapes: BENCH_FLAGS='-hot', '-storm -concurrency 16,64'.
+# `make bench` runs cmd/lockstep-bench, which serves lockstep in its own process
+# beside the pgbench reference, each on a scratch database on the server
+# scripts/pg.sh finds or starts; report.md and report.json land in BENCH_OUT.
+# Other shapes: BENCH_FLAGS='-hot', '-storm -concurrency 16,64'.
 BENCH_OUT ?= bench-out
 BENCH_FLAGS ?= -concurrency 1,4,16 -duration 5s
 
 .PHONY: bench
 bench: ## load lockstep beside the pgbench reference; report in BENCH_OUT (BENCH_FLAGS='-hot' ...)
-	$(PG) test -- sh -c 'DATABASE_URL="$$TEST_DATABASE_URL" exec $(GO) run . bench -scratch $(BENCH_FLAGS) -out $(BENCH_OUT)'
+	$(PG) test -- sh -c 'DATABASE_URL="$$TEST_DATABASE_URL" exec $(GO) run ./cmd/lockstep-bench -scratch $(BENCH_FLAGS) -out $(BENCH_OUT)'
 
 # bench-docs reruns every load docs/bench reports (about 8 minutes), into
 # BENCH_DOCS_OUT; run it from a clean checkout on a quiet machine.

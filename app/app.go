@@ -50,7 +50,6 @@ commands:
                         compare stored state with Stripe's, one line per
                         difference; exit 0 equal, 3 drift (--repair: 0 once mended)
   sweep [--since AGE]   one pass of the missed-event sweeper over Stripe's Events API
-  bench [flags]         drive a running lockstep with a bounded load (bench -h)
 `
 
 // UsageError is a command line that makes no sense. The process exits 2.
@@ -109,8 +108,6 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return verifyCmd(ctx, args, env, log)
 	case "sweep":
 		return sweepCmd(ctx, args, env, log)
-	case "bench":
-		return benchCmd(ctx, args, env)
 	case "help", "-h", "--help":
 		_, _ = io.WriteString(env.Stdout, usage)
 		return nil
@@ -222,7 +219,7 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen on LISTEN_ADDR %s: %w", cfg.ListenAddr, err)
 	}
-	hs := newHTTPServer(srv.Handler, log)
+	hs := NewHTTPServer(srv.Handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	if cfg.SweepInterval > 0 {
@@ -248,9 +245,9 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	return nil
 }
 
-// newHTTPServer is the HTTP server serve runs (and bench measures), with
-// timeouts that bound slow clients.
-func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+// NewHTTPServer is the HTTP server serve runs (and lockstep-bench measures),
+// with timeouts that bound slow clients.
+func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,

@@ -11,8 +11,9 @@ import (
 
 // OpenPool connects to databaseURL. Options in the URL win (for PgBouncer in
 // transaction mode add default_query_exec_mode=exec); maxConns applies when
-// the URL sets no pool_max_conns.
-func OpenPool(ctx context.Context, databaseURL string, maxConns int32) (*pgxpool.Pool, error) {
+// the URL sets no pool_max_conns. Each configure function, if any, may then
+// change the pool's configuration (lockstep-bench adds a tracer).
+func OpenPool(ctx context.Context, databaseURL string, maxConns int32, configure ...func(*pgxpool.Config)) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
 		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
@@ -24,6 +25,9 @@ func OpenPool(ctx context.Context, databaseURL string, maxConns int32) (*pgxpool
 		cfg.ConnConfig.RuntimeParams["application_name"] = "lockstep"
 	}
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	for _, f := range configure {
+		f(cfg)
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open database pool: %w", err)

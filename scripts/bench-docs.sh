@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/bench-docs.sh OUT: runs every load docs/bench/README.md reports,
-# writing each report.md, report.json and chart.png under OUT (default
+# writing each report.md and report.json under OUT (default
 # docs/bench). `make bench-docs` runs it through scripts/pg.sh, which sets
 # TEST_DATABASE_URL to a server it found or started; every lockstep and
 # reference database is a scratch one, dropped at the end.
@@ -13,14 +13,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:-docs/bench}
 export DATABASE_URL=${TEST_DATABASE_URL:-${DATABASE_URL:?set DATABASE_URL or TEST_DATABASE_URL to a PostgreSQL server URL}}
 
-bin=$(mktemp -d)/lockstep
+tmp=$(mktemp -d)
+bin=$tmp/lockstep bench=$tmp/lockstep-bench
 go build -o "$bin" .
+go build -o "$bench" ./cmd/lockstep-bench
 
 run() { # run DIR FLAGS...: one bench run into $out/DIR
 	local dir=$1
 	shift
-	printf '\n==> %s: lockstep bench %s\n' "$dir" "$*"
-	"$bin" bench -scratch "$@" -out "$out/$dir" | sed -n '/^summary/,$p'
+	printf '\n==> %s: lockstep-bench %s\n' "$dir" "$*"
+	"$bench" -scratch "$@" -out "$out/$dir" | sed -n '/^summary/,$p'
 }
 
 run . -concurrency 1,4,16 -duration 5s
@@ -39,6 +41,6 @@ LOCKSTEP_ENV=development LOG_LEVEL=warn LISTEN_ADDR=127.0.0.1:18080 STRIPE_API_B
 	DATABASE_URL="$serve_url" "$bin" serve 2>/dev/null &
 serve=$!
 trap 'kill "$serve" 2>/dev/null || true; wait "$serve" 2>/dev/null || true; psql -q -d "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
-printf '\n==> memory-target: lockstep bench against lockstep serve (pid %d)\n' "$serve"
-"$bin" bench -target http://127.0.0.1:18080 -concurrency 16 -events 100000 -duration 10m -rounds 1 -reference=false \
+printf '\n==> memory-target: lockstep-bench against lockstep serve (pid %d)\n' "$serve"
+"$bench" -target http://127.0.0.1:18080 -concurrency 16 -events 100000 -duration 10m -rounds 1 -reference=false \
 	-out "$out/memory-target" | sed -n '/^summary/,$p'

@@ -1,14 +1,4 @@
-// Package bench is lockstep's load command. It drives a running lockstep
-// over loopback with signed webhooks and checkout-success calls, bounded by
-// a duration and a request count, and in the same run measures the
-// reference: the SQL transaction one event costs, driven straight at
-// PostgreSQL with pgbench (scripts/pgbench/event.sql) at the same
-// concurrency, in the round trips lockstep sends it in and again one
-// statement per round trip. It prints throughput, latency percentiles, lock
-// waits (from lockstep's /metrics), errors by status and memory, lockstep's
-// rate as a ratio of each reference's, and writes a Markdown report and a
-// PNG chart.
-package bench
+package main
 
 import (
 	"context"
@@ -57,7 +47,7 @@ type Options struct {
 }
 
 // Usage is the text of -h, before the flags.
-const Usage = `usage: lockstep bench [flags]
+const Usage = `usage: lockstep-bench [flags]
 
 Drives lockstep over loopback with signed webhooks (customer.subscription.updated,
 a share of them redelivered) and checkout-success calls, one concurrency level
@@ -83,7 +73,7 @@ With -target URL it drives a lockstep you started; that lockstep must read the
 fake Stripe API this command serves on -stripe-listen, and share its secrets:
   LOCKSTEP_ENV=development STRIPE_API_BASE=http://127.0.0.1:12112 \
     DATABASE_URL=postgres://... lockstep serve &
-  DATABASE_URL=postgres://... lockstep bench -target http://127.0.0.1:8080
+  DATABASE_URL=postgres://... lockstep-bench -target http://127.0.0.1:8080
 Webhooks are signed with the first STRIPE_WEBHOOK_SECRET (else the development
 secret) and success calls carry APP_API_TOKEN (else the development token).
 DATABASE_URL is then used only for the reference (unset: no reference).
@@ -110,7 +100,7 @@ func ParseArgs(args []string, out io.Writer) (*Options, error) {
 	fs.Float64Var(&o.Success, "success", 0.1, "share of requests that are checkout-success calls")
 	fs.BoolVar(&o.Hot, "hot", false, "put all traffic on one customer (it serializes on its lock by design)")
 	fs.BoolVar(&o.Storm, "storm", false, "webhook storm: every worker sends webhooks for one hot customer while one more goroutine makes checkout-success calls for the other customers back to back")
-	fs.StringVar(&o.Out, "out", "", "write report.md and chart.png into this directory")
+	fs.StringVar(&o.Out, "out", "", "write report.md and report.json into this directory")
 	fs.StringVar(&o.Target, "target", "", "base URL of a running lockstep (default: start one in this process)")
 	fs.StringVar(&o.StripeListen, "stripe-listen", "127.0.0.1:12112", "with -target: address of the fake Stripe API the target must use as STRIPE_API_BASE")
 	fs.BoolVar(&o.Reference, "reference", true, "run the pgbench reference after each level (false: neither event.sql run)")
@@ -339,7 +329,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.Machine = describeMachine(ctx, cfg.DatabaseURL, pgbenchPath)
 
 	w := newWorkload(rep.Run, cfg.Customers, cfg.Hot, cfg.Storm, cfg.Dup, cfg.Success, cfg.Stripe)
-	fmt.Fprintf(cfg.Stdout, "lockstep bench: %s\n", describeLoad(cfg))
+	fmt.Fprintf(cfg.Stdout, "lockstep-bench: %s\n", describeLoad(cfg))
 	fmt.Fprintf(cfg.Stdout, "target: %s; run id %s (customers cus_bench_%s_*)\n", describeTarget(cfg, rep.PID), rep.Run, rep.Run)
 	fmt.Fprintf(cfg.Stdout, "machine: %s\n", rep.Machine.String())
 	if rep.Machine.Revision != "" {
@@ -396,7 +386,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if err := writeOutputs(cfg.Out, rep); err != nil {
 			return rep, err
 		}
-		fmt.Fprintf(cfg.Stdout, "wrote %s and %s\n", filepath.Join(cfg.Out, "report.md"), filepath.Join(cfg.Out, "chart.png"))
+		fmt.Fprintf(cfg.Stdout, "wrote %s and %s\n", filepath.Join(cfg.Out, "report.md"), filepath.Join(cfg.Out, "report.json"))
 	}
 	return rep, ctx.Err()
 }

@@ -1,4 +1,4 @@
-package bench
+package main
 
 import (
 	"encoding/json"
@@ -228,13 +228,6 @@ func writeOutputs(dir string, rep *Report) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	png, err := Chart(rep)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "chart.png"), png, 0o644); err != nil {
-		return err
-	}
 	js, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err
@@ -250,7 +243,7 @@ func Markdown(rep *Report) string {
 	var b strings.Builder
 	cfg := rep.Config
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	p("# lockstep bench: %s\n\n", cfg.Mode())
+	p("# lockstep-bench: %s\n\n", cfg.Mode())
 	p("%s.\n\n", capitalize(describeLoad(cfg)))
 	p("Run %s, %s.\n\n", rep.Started.UTC().Format("2006-01-02 15:04 UTC"), rep.Run)
 	p("```\n%s\n```\n\n", cfg.Command)
@@ -305,7 +298,7 @@ func Markdown(rep *Report) string {
 		p("| %d | %.0f | %s | %s | %s | %s | %s | %s | %d |\n", l.Concurrency, l.RPS,
 			ms(l.Webhook.P50), ms(l.Webhook.P95), ms(l.Webhook.P99), succ, refs, ratios, l.Errors)
 	}
-	p("\n![throughput and p99 latency against concurrency, lockstep beside pgbench](chart.png)\n\n")
+	p("\n")
 
 	for _, l := range rep.Levels {
 		p("### Concurrency %d\n\n", l.Concurrency)

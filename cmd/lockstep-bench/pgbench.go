@@ -1,4 +1,4 @@
-package bench
+package main
 
 import (
 	"bufio"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/lockstep/lockstep/config"
 	"github.com/lockstep/lockstep/scripts/pgbench"
 	schema "github.com/lockstep/lockstep/sql"
 )
@@ -176,18 +177,6 @@ func LibpqURL(dbURL string) string {
 	return u.String()
 }
 
-// redactURL hides a URL's password.
-func redactURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "****")
-	}
-	return u.String()
-}
-
 // refScript is a script a reference runs.
 type refScript struct {
 	file  string // its name in the run's temporary directory
@@ -249,7 +238,7 @@ func (p pgbenchRun) run(ctx context.Context) (*Reference, error) {
 			shown[i] = "--log-prefix=<tmp>/log"
 		}
 	}
-	shown = append(shown, redactURL(LibpqURL(p.DBURL)))
+	shown = append(shown, config.RedactURL(LibpqURL(p.DBURL)))
 	args = append(args, LibpqURL(p.DBURL))
 
 	// A run never outlives its duration by much: kill it after a grace.

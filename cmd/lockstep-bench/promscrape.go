@@ -1,122 +1,50 @@
-package bench
+package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
 	"sort"
-	"strconv"
-	"strings"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
-// Sample is one Prometheus series and its value.
-type Sample struct {
-	Name   string
-	Labels map[string]string
-	Value  float64
-}
+// Scrape is a parsed /metrics page: its metric families by name.
+type Scrape map[string]*dto.MetricFamily
 
-// Scrape is a parsed /metrics page.
-type Scrape []Sample
-
-// ParseMetrics reads the Prometheus text exposition format: one
-// `name{label="value",...} value` per line, # lines ignored.
+// ParseMetrics reads the Prometheus text exposition format.
 func ParseMetrics(r io.Reader) (Scrape, error) {
-	var out Scrape
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		s, err := parseSampleLine(line)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, sc.Err()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(r)
 }
 
-func parseSampleLine(line string) (Sample, error) {
-	s := Sample{Labels: map[string]string{}}
-	rest := line
-	if i := strings.IndexAny(rest, "{ "); i < 0 {
-		return s, fmt.Errorf("metrics: no value in %q", line)
-	} else {
-		s.Name, rest = rest[:i], rest[i:]
-	}
-	if strings.HasPrefix(rest, "{") {
-		rest = rest[1:]
-		for {
-			rest = strings.TrimLeft(rest, " ,")
-			if strings.HasPrefix(rest, "}") {
-				rest = rest[1:]
-				break
-			}
-			eq := strings.IndexByte(rest, '=')
-			if eq < 0 || len(rest) < eq+2 || rest[eq+1] != '"' {
-				return s, fmt.Errorf("metrics: bad labels in %q", line)
-			}
-			key := strings.TrimSpace(rest[:eq])
-			rest = rest[eq+2:]
-			var val strings.Builder
-			closed := false
-			for i := 0; i < len(rest); i++ {
-				c := rest[i]
-				if c == '\\' && i+1 < len(rest) {
-					i++
-					switch rest[i] {
-					case 'n':
-						val.WriteByte('\n')
-					default:
-						val.WriteByte(rest[i])
-					}
-					continue
-				}
-				if c == '"' {
-					rest = rest[i+1:]
-					closed = true
-					break
-				}
-				val.WriteByte(c)
-			}
-			if !closed {
-				return s, fmt.Errorf("metrics: unterminated label in %q", line)
-			}
-			s.Labels[key] = val.String()
-		}
-	}
-	fields := strings.Fields(rest)
-	if len(fields) == 0 {
-		return s, fmt.Errorf("metrics: no value in %q", line)
-	}
-	v, err := strconv.ParseFloat(fields[0], 64)
-	if err != nil {
-		return s, fmt.Errorf("metrics: bad value in %q", line)
-	}
-	s.Value = v
-	return s, nil
-}
-
-// Sum adds the values of the series called name whose labels include match.
+// Sum adds the values of the counters, gauges and untyped series called
+// name whose labels include match.
 func (sc Scrape) Sum(name string, match map[string]string) float64 {
 	var total float64
-	for _, s := range sc {
-		if s.Name == name && labelsMatch(s.Labels, match) {
-			total += s.Value
+	for _, m := range sc[name].GetMetric() {
+		if labelsMatch(m, match) {
+			total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue()
 		}
 	}
 	return total
 }
 
-func labelsMatch(have, want map[string]string) bool {
+// labelsMatch reports whether m has every label of want (a label m lacks
+// counts as empty).
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
 	for k, v := range want {
-		if have[k] != v {
+		have := ""
+		for _, l := range m.GetLabel() {
+			if l.GetName() == k {
+				have = l.GetValue()
+			}
+		}
+		if have != v {
 			return false
 		}
 	}
@@ -129,20 +57,17 @@ type Bucket struct {
 	Count float64
 }
 
-// Histogram returns the cumulative buckets of histogram name (the series
-// name_bucket), summed over every series whose labels include match, in
-// order of le, +Inf last.
+// Histogram returns the cumulative buckets of histogram name, summed over
+// every series whose labels include match, in order of le, +Inf last.
 func (sc Scrape) Histogram(name string, match map[string]string) []Bucket {
 	byLE := map[float64]float64{}
-	for _, s := range sc {
-		if s.Name != name+"_bucket" || !labelsMatch(s.Labels, match) {
+	for _, m := range sc[name].GetMetric() {
+		if !labelsMatch(m, match) {
 			continue
 		}
-		le, err := strconv.ParseFloat(s.Labels["le"], 64)
-		if err != nil {
-			continue
+		for _, b := range m.GetHistogram().GetBucket() {
+			byLE[b.GetUpperBound()] += float64(b.GetCumulativeCount()) + b.GetCumulativeCountFloat()
 		}
-		byLE[le] += s.Value
 	}
 	out := make([]Bucket, 0, len(byLE))
 	for le, n := range byLE {

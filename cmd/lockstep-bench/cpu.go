@@ -1,61 +1,35 @@
-package bench
+package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 )
 
-// clockTick is USER_HZ, the unit of /proc's CPU times (100 on Linux).
-const clockTick = 100
-
 // machineBusy returns the CPU time every CPU spent doing anything but idle
-// or waiting for I/O, from /proc/stat.
+// or waiting for I/O (guest time is already in user time), from /proc/stat.
 func machineBusy() (time.Duration, bool) {
-	b, err := os.ReadFile("/proc/stat")
+	st, err := proc.Stat()
 	if err != nil {
 		return 0, false
 	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	if len(f) < 8 || f[0] != "cpu" {
-		return 0, false
-	}
-	var busy int64
-	for i, v := range f[1:] {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		switch i {
-		case 3, 4: // idle, iowait
-		case 8, 9: // guest, guest_nice: already in user and nice
-		default:
-			busy += n
-		}
-	}
-	return time.Duration(busy) * time.Second / clockTick, true
+	c := st.CPUTotal
+	return seconds(c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ + c.Steal), true
 }
 
 // processCPU returns a process's user and system CPU time.
 func processCPU(pid int) (time.Duration, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := proc.Proc(pid)
 	if err != nil {
 		return 0, false
 	}
-	// The command name, in parentheses, may hold spaces: fields start after it.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
+	st, err := p.Stat()
+	if err != nil {
 		return 0, false
 	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, false
-	}
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * time.Second / clockTick, true
+	return seconds(st.CPUTime()), true
 }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // CPU is what a phase cost in CPU time, per request (or transaction).
 type CPU struct {
@@ -126,21 +100,6 @@ func (s *cpuSum) perRequest(n int) CPU {
 	}
 	if !s.noDB {
 		c.DB = s.db / time.Duration(n)
-	}
-	return c
-}
-
-// perRequest divides the CPU spent since start by n.
-func (start cpuMark) perRequest(end cpuMark, n int) CPU {
-	var c CPU
-	if n <= 0 {
-		return c
-	}
-	if start.okM && end.okM {
-		c.Machine = (end.machine - start.machine) / time.Duration(n)
-	}
-	if start.okP && end.okP {
-		c.Process = (end.proc - start.proc) / time.Duration(n)
 	}
 	return c
 }

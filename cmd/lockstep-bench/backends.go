@@ -1,14 +1,18 @@
-package bench
+package main
 
 import (
 	"net/url"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
+
+// proc is /proc, where the bench reads CPU times, memory and sockets.
+// Without it (not Linux) the readings fail and the report leaves those
+// figures out.
+var proc, _ = procfs.NewDefaultFS()
 
 // backendWatch adds up the CPU time of the PostgreSQL backends serving one
 // database, read from /proc while a phase runs: with the database on this
@@ -90,13 +94,13 @@ func (w *backendWatch) total() (time.Duration, bool) {
 // (or "postgres: USER DB HOST(PORT) STATE" without a cluster name).
 func backendCPU(db string) map[int]time.Duration {
 	out := map[int]time.Duration{}
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	for _, dir := range dirs {
-		b, err := os.ReadFile(dir + "/cmdline")
-		if err != nil || !strings.HasPrefix(string(b), "postgres: ") {
+	procs, _ := proc.AllProcs()
+	for _, p := range procs {
+		cmdline, err := p.CmdLine()
+		if err != nil || len(cmdline) == 0 || !strings.HasPrefix(cmdline[0], "postgres: ") {
 			continue
 		}
-		title := strings.Fields(strings.ReplaceAll(string(b), "\x00", " "))
+		title := strings.Fields(strings.Join(cmdline, " "))
 		match := false
 		for i := 2; i < len(title) && i <= 3; i++ {
 			if title[i] == db && i+1 < len(title) && (strings.Contains(title[i+1], "(") || title[i+1] == "[local]") {
@@ -106,9 +110,8 @@ func backendCPU(db string) map[int]time.Duration {
 		if !match {
 			continue
 		}
-		pid, _ := strconv.Atoi(filepath.Base(dir))
-		if cpu, ok := processCPU(pid); ok {
-			out[pid] = cpu
+		if st, err := p.Stat(); err == nil {
+			out[p.PID] = seconds(st.CPUTime())
 		}
 	}
 	return out

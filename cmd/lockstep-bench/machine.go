@@ -1,19 +1,15 @@
-package bench
+package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/procfs"
 )
 
 // Machine describes where the bench ran.
@@ -32,18 +28,11 @@ type Machine struct {
 
 func describeMachine(ctx context.Context, dbURL, pgbenchPath string) Machine {
 	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPUModel = strings.TrimSpace(v)
-				break
-			}
-		}
+	if cpus, err := proc.CPUInfo(); err == nil && len(cpus) > 0 {
+		m.CPUModel = cpus[0].ModelName
 	}
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		if kb := procField(b, "MemTotal"); kb > 0 {
-			m.MemTotal = fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
-		}
+	if mem, err := proc.Meminfo(); err == nil && mem.MemTotal != nil {
+		m.MemTotal = fmt.Sprintf("%.1f GiB", float64(*mem.MemTotal)/(1<<20))
 	}
 	if dbURL != "" {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -65,24 +54,6 @@ func describeMachine(ctx context.Context, dbURL, pgbenchPath string) Machine {
 	return m
 }
 
-// procField returns a "Name:   1234 kB" field of a /proc status file, in kB.
-func procField(b []byte, name string) int64 {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if !ok || k != name {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) == 0 {
-			return 0
-		}
-		n, _ := strconv.ParseInt(f[0], 10, 64)
-		return n
-	}
-	return 0
-}
-
 // Memory is a process's resident set, from /proc/PID/status.
 type Memory struct {
 	RSS  int64 // VmRSS, bytes
@@ -90,51 +61,40 @@ type Memory struct {
 }
 
 func readMemory(pid int) (Memory, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	p, err := proc.Proc(pid)
 	if err != nil {
 		return Memory{}, err
 	}
-	return Memory{RSS: procField(b, "VmRSS") << 10, Peak: procField(b, "VmHWM") << 10}, nil
+	st, err := p.NewStatus()
+	if err != nil {
+		return Memory{}, err
+	}
+	return Memory{RSS: int64(st.VmRSS), Peak: int64(st.VmHWM)}, nil
 }
 
 // pidListening finds the process listening on a local TCP port, by the
 // socket's inode in /proc/net/tcp{,6} and the file descriptors of every
 // process it may read. It returns 0 when it cannot tell.
 func pidListening(port int) int {
-	inodes := map[string]bool{}
-	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n")[1:] {
-			fields := strings.Fields(line)
-			// sl local_address rem_address st ... inode (field 9)
-			if len(fields) < 10 || fields[3] != "0A" {
-				continue
-			}
-			_, hexPort, ok := strings.Cut(fields[1], ":")
-			if !ok {
-				continue
-			}
-			if p, err := strconv.ParseInt(hexPort, 16, 32); err == nil && int(p) == port {
-				inodes["socket:["+fields[9]+"]"] = true
+	const listen = 0x0A // TCP_LISTEN, the st column
+	sockets := map[string]bool{}
+	for _, read := range []func() (procfs.NetTCP, error){proc.NetTCP, proc.NetTCP6} {
+		lines, _ := read()
+		for _, l := range lines {
+			if l.St == listen && l.LocalPort == uint64(port) {
+				sockets[fmt.Sprintf("socket:[%d]", l.Inode)] = true
 			}
 		}
 	}
-	if len(inodes) == 0 {
+	if len(sockets) == 0 {
 		return 0
 	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/fd")
-	for _, dir := range procs {
-		fds, err := os.ReadDir(dir)
-		if err != nil {
-			continue
-		}
+	procs, _ := proc.AllProcs()
+	for _, p := range procs {
+		fds, _ := p.FileDescriptorTargets()
 		for _, fd := range fds {
-			if link, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && inodes[link] {
-				pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(dir)))
-				return pid
+			if sockets[fd] {
+				return p.PID
 			}
 		}
 	}
