@@ -25,9 +25,9 @@ import (
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
-// MaxWebhookBody is the largest webhook body accepted (Stripe's are far
+// maxWebhookBody is the largest webhook body accepted (Stripe's are far
 // smaller).
-const MaxWebhookBody = 1 << 20
+const maxWebhookBody = 1 << 20
 
 // Deps is what the handlers need.
 type Deps struct {

@@ -16,8 +16,8 @@ var (
 	ErrTooOld       = errors.New("signature timestamp outside the tolerance")
 )
 
-// Tolerance is how old a signed timestamp may be (Stripe's default).
-const Tolerance = 300 * time.Second
+// tolerance is how old a signed timestamp may be (Stripe's default).
+const tolerance = 300 * time.Second
 
 // Verifier checks Stripe-Signature headers against one or more endpoint
 // secrets, so a secret can be rotated without dropping events.
@@ -37,7 +37,7 @@ func (v *Verifier) Verify(payload []byte, header string) (int, error) {
 		return -1, ErrNotSigned
 	}
 	for i, secret := range v.secrets {
-		err := webhook.ValidatePayloadWithTolerance(payload, header, secret, Tolerance)
+		err := webhook.ValidatePayloadWithTolerance(payload, header, secret, tolerance)
 		switch {
 		case err == nil:
 			return i, nil
