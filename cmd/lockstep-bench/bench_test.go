@@ -592,3 +592,17 @@ func TestProcReadings(t *testing.T) {
 		t.Errorf("describeMachine = %+v", m)
 	}
 }
+
+// A command line that makes no sense is a usage error (exit status 2); -h
+// is not an error.
+func TestRunUsage(t *testing.T) {
+	t.Parallel()
+	getenv := func(string) string { return "" }
+	var usage *usageError
+	if err := run(context.Background(), []string{"-customers", "0"}, getenv, io.Discard, io.Discard); !errors.As(err, &usage) {
+		t.Errorf("bad flag: %v, want a usage error", err)
+	}
+	if err := run(context.Background(), []string{"-h"}, getenv, io.Discard, io.Discard); err != nil {
+		t.Errorf("-h: %v", err)
+	}
+}

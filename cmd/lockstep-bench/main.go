@@ -46,9 +46,17 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lockstep-bench:", err)
+		var usage *usageError
+		if errors.As(err, &usage) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
+
+// usageError is a command line that makes no sense; the process exits 2,
+// as lockstep does for its own.
+type usageError struct{ error }
 
 // run runs the load. Without -target it serves lockstep in this process, on
 // 127.0.0.1:0, against DATABASE_URL and a fake Stripe, and drives that.
@@ -58,7 +66,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 	if err != nil {
-		return err
+		return &usageError{err}
 	}
 	if opts.CPUProfile != "" {
 		f, err := os.Create(opts.CPUProfile)
