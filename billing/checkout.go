@@ -11,6 +11,7 @@ import (
 	"github.com/lockstep/lockstep/lockmgr"
 	"github.com/lockstep/lockstep/logging"
 	"github.com/lockstep/lockstep/stripeapi"
+	"github.com/lockstep/lockstep/userid"
 )
 
 // CheckoutResult is what the checkout-success call reports to the web app.
@@ -28,7 +29,7 @@ type CheckoutResult struct {
 // It is the user's own, authoritative word: it may re-point the user from an
 // older customer, but never takes a customer mapped to someone else.
 func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*CheckoutResult, error) {
-	if !stripeapi.ValidUserID(userID) {
+	if !userid.Valid(userID) {
 		return nil, ErrInvalidUser
 	}
 	sess, fetchedAt, err := s.stripe.CheckoutSession(ctx, sessionID)

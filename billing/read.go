@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/lockstep/lockstep/stripeapi"
+	"github.com/lockstep/lockstep/userid"
 )
 
 // SubscriptionView is a subscription as the paywall reads it.
@@ -57,7 +57,7 @@ FROM stripe_customers c WHERE c.user_id = $1`
 // UserBilling returns the user's customer, subscriptions and latest invoices.
 // Events stored before the user was mapped show as soon as the mapping exists.
 func (s *Service) UserBilling(ctx context.Context, userID string) (*UserBillingView, error) {
-	if !stripeapi.ValidUserID(userID) {
+	if !userid.Valid(userID) {
 		return nil, ErrUserNotFound
 	}
 	v := &UserBillingView{UserID: userID}

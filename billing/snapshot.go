@@ -87,10 +87,7 @@ func (s *Service) inSnapshotTx(ctx context.Context, customerID, ref string, o Ap
 // refused mapping is a note, not an error.
 func (s *Service) ApplyCustomer(ctx context.Context, c stripeapi.Dated[*stripeapi.Customer], o ApplyOptions) (changes []Change, note string, err error) {
 	cust := c.Obj
-	user := cust.MetadataUserID
-	if user != "" && !stripeapi.ValidUserID(user) {
-		note, user = "mapping refused: metadata.user_id is not a valid user id", ""
-	}
+	user := cust.MetadataUserID // checked by stripeapi.ParseCustomer
 	err = s.inSnapshotTx(ctx, cust.ID, cust.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
 		changes, note = nil, ""
 		b := &pgx.Batch{}

@@ -95,13 +95,8 @@ func parseInvoiceAction(b []byte) (*action, error) {
 	return &action{customerID: inv.CustomerID, invoice: inv}, nil
 }
 
-// PrepareEvent checks that ev's object is what its type promises, before
-// anything is written. An error wraps stripeapi.ErrMalformed.
-func PrepareEvent(ev *stripeapi.Event) error {
-	_, err := prepare(ev)
-	return err
-}
-
+// prepare checks that ev's object is what its type promises, before
+// anything is written, and parses it. An error wraps stripeapi.ErrMalformed.
 func prepare(ev *stripeapi.Event) (*action, error) {
 	parse, ok := handledTypes[ev.Type]
 	if !ok {
@@ -296,10 +291,4 @@ func (s *Service) webhookLink(ctx context.Context, ev *stripeapi.Event, customer
 		return "mapping refused: user is mapped to another customer (the checkout-success call re-points)", nil, nil
 	}
 	return "", writes, nil
-}
-
-// Handles reports whether lockstep acts on events of type t.
-func Handles(t string) bool {
-	_, ok := handledTypes[t]
-	return ok
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/logging"
 	"github.com/lockstep/lockstep/stripeapi"
+	"github.com/lockstep/lockstep/userid"
 )
 
 type checkoutRequest struct {
@@ -41,7 +42,7 @@ func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
 	case !stripeapi.ValidID(req.SessionID, "cs_"):
 		writeError(w, http.StatusBadRequest, "session_id must be a checkout session id (cs_...)")
 		return
-	case !stripeapi.ValidUserID(req.UserID):
+	case !userid.Valid(req.UserID):
 		writeError(w, http.StatusBadRequest, "user_id must be 1 to 255 characters without control characters")
 		return
 	}

@@ -15,6 +15,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/lockstep/lockstep/userid"
 )
 
 // Errors of parsing and of the API.
@@ -148,7 +150,7 @@ func parseCheckoutSession(b []byte, fast bool) (*CheckoutSession, error) {
 		s.Status = *w.Status
 	}
 	for _, u := range s.ClaimedUsers() {
-		if !ValidUserID(u) {
+		if !userid.Valid(u) {
 			return nil, fmt.Errorf("%w: checkout session %s: bad user id", ErrMalformed, w.ID)
 		}
 	}
@@ -176,20 +178,6 @@ type sessionWire = struct {
 	PaymentStatus     string            `json:"payment_status"`
 	Mode              string            `json:"mode"`
 	Created           int64             `json:"created"`
-}
-
-// ValidUserID reports whether s is acceptable as the app's user id: 1 to 255
-// bytes of valid UTF-8 with no control characters.
-func ValidUserID(s string) bool {
-	if s == "" || len(s) > MaxIDLength {
-		return false
-	}
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || r == '\uFFFD' {
-			return false
-		}
-	}
-	return true
 }
 
 // Subscription is the part of a subscription lockstep stores.
@@ -306,7 +294,7 @@ func parseCustomer(b []byte, fast bool) (*Customer, error) {
 		return nil, fmt.Errorf("%w: customer: bad object or id", ErrMalformed)
 	}
 	c := &Customer{ID: w.ID, MetadataUserID: w.Metadata["user_id"], Deleted: w.Deleted, Created: unixTime(w.Created)}
-	if c.MetadataUserID != "" && !ValidUserID(c.MetadataUserID) {
+	if c.MetadataUserID != "" && !userid.Valid(c.MetadataUserID) {
 		return nil, fmt.Errorf("%w: customer %s: bad metadata.user_id", ErrMalformed, w.ID)
 	}
 	return c, nil
