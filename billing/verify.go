@@ -130,30 +130,61 @@ func (v *verifier) customers(ctx context.Context) error {
 			listed[d.Obj.ID] = d
 		}
 	}
-	ids := unionKeys(stored, listed)
-	for _, id := range ids {
+	return compare(ctx, v, stored, listed, kind[*stripeapi.Customer, *storedCustomer]{
+		name:  "customer",
+		fetch: v.api.Customer,
+		stored: func(ctx context.Context, id string) (map[string]*storedCustomer, error) {
+			return v.s.storedCustomerRows(ctx, id)
+		},
+		diff: customerDiff,
+		// A mapping to another user is the owner's to decide, not verify's.
+		repairable: func(c Change) bool { return c.Object != "mapping" || c.Stored == "" },
+		apply: func(ctx context.Context, d stripeapi.Dated[*stripeapi.Customer]) error {
+			_, _, err := v.s.ApplyCustomer(ctx, d, ApplyOptions{Writer: "verify"})
+			return err
+		},
+	})
+}
+
+// kind is how verify compares one kind of object: T as Stripe has it, S as
+// stored (nil when missing).
+type kind[T, S any] struct {
+	name       string
+	fetch      func(ctx context.Context, id string) (T, time.Time, error)
+	stored     func(ctx context.Context, id string) (map[string]S, error)
+	diff       func(id string, stored S, d stripeapi.Dated[T]) []Change
+	repairable func(Change) bool
+	apply      func(ctx context.Context, d stripeapi.Dated[T]) error
+}
+
+// compare goes through every object on either side. Where the first look
+// (the list against the stored rows) differs, it reads both sides again
+// (the object alone from Stripe, which also finds what lists omit, such as
+// a deleted customer), and reports, and with Repair mends, what still
+// differs.
+func compare[T, S any](ctx context.Context, v *verifier, stored map[string]S, listed map[string]stripeapi.Dated[T], k kind[T, S]) error {
+	for _, id := range unionKeys(stored, listed) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if diff := customerDiff(id, stored[id], listed[id]); len(diff) == 0 {
+		if len(k.diff(id, stored[id], listed[id])) == 0 {
 			continue
 		}
-		// Confirm: read both sides again (lists omit deleted customers).
-		check := func(ctx context.Context) ([]Change, *stripeapi.Dated[*stripeapi.Customer], error) {
-			c, at, err := v.api.Customer(ctx, id)
-			var fresh *stripeapi.Dated[*stripeapi.Customer]
+		check := func(ctx context.Context) ([]Change, *stripeapi.Dated[T], error) {
+			obj, at, err := k.fetch(ctx, id)
+			var fresh *stripeapi.Dated[T]
 			switch {
 			case errors.Is(err, stripeapi.ErrNotFound):
 			case err != nil:
-				return nil, nil, fmt.Errorf("verify: read customer %s: %w", id, err)
+				return nil, nil, fmt.Errorf("verify: read %s %s: %w", k.name, id, err)
 			default:
-				fresh = &stripeapi.Dated[*stripeapi.Customer]{Obj: c, At: at}
+				fresh = &stripeapi.Dated[T]{Obj: obj, At: at}
 			}
-			rows, err := v.s.storedCustomerRows(ctx, id)
+			rows, err := k.stored(ctx, id)
 			if err != nil {
 				return nil, nil, err
 			}
-			return customerDiff(id, rows[id], deref(fresh)), fresh, nil
+			return k.diff(id, rows[id], deref(fresh)), fresh, nil
 		}
 		diff, fresh, err := check(ctx)
 		if err != nil {
@@ -161,11 +192,8 @@ func (v *verifier) customers(ctx context.Context) error {
 		}
 		for _, c := range diff {
 			var repair func(ctx context.Context) error
-			if fresh != nil && (c.Object != "mapping" || c.Stored == "") {
-				repair = func(ctx context.Context) error {
-					_, _, err := v.s.ApplyCustomer(ctx, *fresh, ApplyOptions{Writer: "verify"})
-					return err
-				}
+			if fresh != nil && k.repairable(c) {
+				repair = func(ctx context.Context) error { return k.apply(ctx, *fresh) }
 			}
 			recheck := func(ctx context.Context) ([]Change, error) {
 				left, _, err := check(ctx)
@@ -225,51 +253,19 @@ func (v *verifier) subscriptions(ctx context.Context) error {
 		}
 		listed[d.Obj.ID] = d
 	}
-	for _, id := range unionKeys(stored, listed) {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if len(subscriptionDiff(id, stored[id], listed[id])) == 0 {
-			continue
-		}
-		check := func(ctx context.Context) ([]Change, *stripeapi.Dated[*stripeapi.Subscription], error) {
-			sub, at, err := v.api.Subscription(ctx, id)
-			var fresh *stripeapi.Dated[*stripeapi.Subscription]
-			switch {
-			case errors.Is(err, stripeapi.ErrNotFound):
-			case err != nil:
-				return nil, nil, fmt.Errorf("verify: read subscription %s: %w", id, err)
-			default:
-				fresh = &stripeapi.Dated[*stripeapi.Subscription]{Obj: sub, At: at}
-			}
-			rows, err := v.s.storedSubscriptions(ctx, "", id)
-			if err != nil {
-				return nil, nil, err
-			}
-			return subscriptionDiff(id, rows[id], deref(fresh)), fresh, nil
-		}
-		diff, fresh, err := check(ctx)
-		if err != nil {
+	return compare(ctx, v, stored, listed, kind[*stripeapi.Subscription, *storedSub]{
+		name:  "subscription",
+		fetch: v.api.Subscription,
+		stored: func(ctx context.Context, id string) (map[string]*storedSub, error) {
+			return v.s.storedSubscriptions(ctx, "", id)
+		},
+		diff:       subscriptionDiff,
+		repairable: func(Change) bool { return true },
+		apply: func(ctx context.Context, d stripeapi.Dated[*stripeapi.Subscription]) error {
+			_, err := v.s.ApplySubscription(ctx, d, ApplyOptions{Writer: "verify"})
 			return err
-		}
-		for _, c := range diff {
-			var repair func(ctx context.Context) error
-			if fresh != nil {
-				repair = func(ctx context.Context) error {
-					_, err := v.s.ApplySubscription(ctx, *fresh, ApplyOptions{Writer: "verify"})
-					return err
-				}
-			}
-			recheck := func(ctx context.Context) ([]Change, error) {
-				left, _, err := check(ctx)
-				return left, err
-			}
-			if err := v.found(ctx, c, repair, recheck); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+		},
+	})
 }
 
 // subscriptionDiff compares a stored subscription (nil: none) with Stripe's
