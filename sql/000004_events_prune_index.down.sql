@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS stripe_events_prune_idx
