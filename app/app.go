@@ -50,6 +50,9 @@ commands:
                         compare stored state with Stripe's, one line per
                         difference; exit 0 equal, 3 drift (--repair: 0 once mended)
   sweep [--since AGE]   one pass of the missed-event sweeper over Stripe's Events API
+  prune --older-than AGE [--dry-run]
+                        delete processed and ignored events settled more than AGE (90d) ago
+  doctor                check configuration, database, schema, privileges and the Stripe key
 `
 
 // UsageError is a command line that makes no sense. The process exits 2.
@@ -108,6 +111,10 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return verifyCmd(ctx, args, env, log)
 	case "sweep":
 		return sweepCmd(ctx, args, env, log)
+	case "prune":
+		return pruneCmd(ctx, args, env)
+	case "doctor":
+		return doctorCmd(ctx, args, env)
 	case "help", "-h", "--help":
 		_, _ = io.WriteString(env.Stdout, usage)
 		return nil
@@ -139,6 +146,7 @@ type Server struct {
 func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server {
 	m := metrics.New()
 	m.RegisterPool(pool)
+	m.RegisterReady(func(ctx context.Context) error { return Ready(ctx, pool) })
 	m.InitSecrets(len(cfg.WebhookSecrets))
 	lcfg := lockmgr.DefaultConfig()
 	if cfg.LockTimeout > 0 {
@@ -214,6 +222,8 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	}
 	defer pool.Close()
 	srv := NewServer(cfg, pool, log)
+	stopPruner := startPruner(ctx, pool, cfg.LedgerRetention, log)
+	defer stopPruner()
 
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {

@@ -1,0 +1,387 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/lockstep/lockstep/config"
+	"github.com/lockstep/lockstep/lockmgr"
+	schema "github.com/lockstep/lockstep/sql"
+)
+
+const doctorUsage = `usage: lockstep doctor
+
+Checks, one line each (ok, warn or fail): the configuration, the database
+(reachable, schema version current and clean), whether the database role
+can see other sessions in the locks view, DATABASE_URL's settings for
+PgBouncer, the ledger (failed events, retention), and the Stripe key (one
+read against STRIPE_API_BASE). Exits 1 when any check fails.
+`
+
+// Check outcomes, as doctor prints them.
+const (
+	checkOK   = "ok"
+	checkWarn = "warn"
+	checkFail = "fail"
+)
+
+// check is one line of doctor's report.
+type check struct {
+	Name, Status, Detail string
+}
+
+// doctorTimeout bounds each network step (connect, a query, the Stripe read).
+const doctorTimeout = 5 * time.Second
+
+// doctorProbeCustomer is the customer doctor asks Stripe for: one that does
+// not exist, so a 404 resource_missing means "key accepted" and nothing is
+// read.
+const doctorProbeCustomer = "cus_doctor_probe"
+
+func doctorCmd(ctx context.Context, args []string, env Env) error {
+	for _, a := range args {
+		if a == "-h" || a == "--help" || a == "-help" {
+			_, _ = io.WriteString(env.Stdout, doctorUsage)
+			return nil
+		}
+		if strings.HasPrefix(a, "-") {
+			return &UsageError{Msg: fmt.Sprintf("doctor: unknown flag %q", a)}
+		}
+		return &UsageError{Msg: fmt.Sprintf("doctor takes no arguments, got %q", a)}
+	}
+	checks := runDoctor(ctx, env.Getenv, &http.Client{Timeout: 10 * time.Second})
+	failed := 0
+	for _, c := range checks {
+		fmt.Fprintf(env.Stdout, "%-4s  %-9s  %s\n", c.Status, c.Name, c.Detail)
+		if c.Status == checkFail {
+			failed++
+		}
+	}
+	if failed > 0 {
+		return &ExitError{Code: 1, Msg: fmt.Sprintf("doctor: %d of %d checks failed", failed, len(checks))}
+	}
+	return nil
+}
+
+// runDoctor runs every check in order. A check that depends on one that
+// failed says so and fails too.
+func runDoctor(ctx context.Context, getenv func(string) string, client *http.Client) []check {
+	var out []check
+	add := func(name, status, format string, a ...any) {
+		out = append(out, check{Name: name, Status: status, Detail: fmt.Sprintf(format, a...)})
+	}
+
+	cfg, err := config.Load(getenv, config.NeedDatabase|config.NeedServer)
+	switch {
+	case err != nil:
+		add("config", checkFail, "%s", oneLine(err))
+	case len(cfg.DevDefaults) > 0:
+		add("config", checkWarn, "LOCKSTEP_ENV=development fills %s with development values: never in production",
+			strings.Join(cfg.DevDefaults, ", "))
+	default:
+		add("config", checkOK, "database %s, %d webhook secret(s), Stripe key %s, lock_timeout %s, retry_budget %s",
+			config.RedactURL(cfg.DatabaseURL), len(cfg.WebhookSecrets), maskKey(cfg.StripeSecretKey),
+			cfg.LockTimeout, cfg.RetryBudget)
+	}
+	dbCfg, stripeCfg := cfg, cfg
+	if cfg == nil {
+		dbCfg, _ = config.Load(getenv, config.NeedDatabase)
+		stripeCfg, _ = config.Load(getenv, config.NeedStripe)
+	}
+
+	if dbCfg == nil {
+		for _, name := range []string{"database", "schema", "locks", "pgbouncer", "ledger"} {
+			add(name, checkFail, "not checked: DATABASE_URL is not usable (see config)")
+		}
+	} else {
+		out = append(out, databaseChecks(ctx, dbCfg)...)
+	}
+
+	switch {
+	case stripeCfg == nil:
+		add("stripe", checkFail, "not checked: STRIPE_SECRET_KEY or STRIPE_API_BASE is not usable (see config)")
+	case stripeCfg.Development && stripeCfg.StripeSecretKey == config.DevSecretKey:
+		add("stripe", checkWarn, "not checked: STRIPE_SECRET_KEY is the development placeholder")
+	default:
+		out = append(out, stripeCheck(ctx, client, stripeCfg.StripeAPIBase, stripeCfg.StripeSecretKey))
+	}
+	return out
+}
+
+// oneLine joins a multi-line error (errors.Join) into one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+// databaseChecks connects once and runs the database, schema, locks,
+// pgbouncer and ledger checks on that connection.
+func databaseChecks(ctx context.Context, cfg *config.Config) []check {
+	out := []check{}
+	cc, err := pgx.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		out = append(out, check{"database", checkFail, "DATABASE_URL: " + err.Error()})
+		return out
+	}
+	bouncer := pgbouncerCheck(cfg)
+	cc.ConnectTimeout = doctorTimeout
+	cc.RuntimeParams["application_name"] = "lockstep doctor"
+	// Doctor's few queries name no prepared statement, so they work
+	// through PgBouncer whatever DATABASE_URL says (the pgbouncer check
+	// judges that).
+	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	cctx, cancel := context.WithTimeout(ctx, doctorTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, cc)
+	if err != nil {
+		out = append(out, check{"database", checkFail, "cannot connect: " + oneLine(err)})
+		for _, name := range []string{"schema", "locks"} {
+			out = append(out, check{name, checkFail, "not checked: no database connection"})
+		}
+		out = append(out, bouncer, check{"ledger", checkFail, "not checked: no database connection"})
+		return out
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), doctorTimeout)
+		defer cancel()
+		_ = conn.Close(ctx)
+	}()
+	q := func(fn func(ctx context.Context) check) check {
+		ctx, cancel := context.WithTimeout(ctx, doctorTimeout)
+		defer cancel()
+		return fn(ctx)
+	}
+	out = append(out, q(func(ctx context.Context) check { return serverCheck(ctx, conn) }))
+	out = append(out, q(func(ctx context.Context) check { return schemaCheck(ctx, conn) }))
+	out = append(out, q(func(ctx context.Context) check { return locksCheck(ctx, conn) }))
+	out = append(out, bouncer)
+	out = append(out, q(func(ctx context.Context) check { return ledgerCheck(ctx, conn, cfg) }))
+	return out
+}
+
+func serverCheck(ctx context.Context, conn *pgx.Conn) check {
+	var version, user, db string
+	var num int
+	err := conn.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('server_version_num')::int,
+       current_user::text, current_database()::text`).Scan(&version, &num, &user, &db)
+	if err != nil {
+		return check{"database", checkFail, "connected, but a query failed: " + oneLine(err)}
+	}
+	host := conn.Config().Host
+	if len(host) > 0 && host[0] == '/' {
+		host = "socket " + host
+	}
+	detail := fmt.Sprintf("PostgreSQL %s, database %s as %s on %s:%d", version, db, user, host, conn.Config().Port)
+	if num < 150000 {
+		return check{"database", checkWarn, detail + ": lockstep needs PostgreSQL 15 or newer"}
+	}
+	return check{"database", checkOK, detail}
+}
+
+func schemaCheck(ctx context.Context, conn *pgx.Conn) check {
+	var version int64
+	var dirty bool
+	err := conn.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	latest := int64(schema.Latest)
+	switch {
+	case lockmgr.SQLState(err) == "42P01" || errors.Is(err, pgx.ErrNoRows):
+		return check{"schema", checkFail, fmt.Sprintf("never migrated: run lockstep migrate up (serve migrates at start) to reach version %d", latest)}
+	case err != nil:
+		return check{"schema", checkFail, "cannot read schema_migrations: " + oneLine(err)}
+	case dirty:
+		return check{"schema", checkFail, fmt.Sprintf("version %d is dirty: migration %d failed part-way; repair the schema by hand, then clear the flag (UPDATE schema_migrations SET dirty = false, version = <last good>) and migrate up", version, version)}
+	case version < latest:
+		return check{"schema", checkFail, fmt.Sprintf("version %d, this binary needs %d: run lockstep migrate up (serve does it at start); /readyz answers 503 until then", version, latest)}
+	case version > latest:
+		return check{"schema", checkFail, fmt.Sprintf("version %d is newer than this binary knows (%d): run the newer binary, or migrate down with it", version, latest)}
+	}
+	return check{"schema", checkOK, fmt.Sprintf("version %d, current, not dirty", version)}
+}
+
+// locksCheck says whether the role sees what stripe_customer_locks needs:
+// pg_locks is readable by every role, but pg_stat_activity shows the query,
+// state and application_name of other roles' sessions only to superusers
+// and members of pg_read_all_stats. Role membership decides; the sessions
+// hidden right now are counted for the message.
+func locksCheck(ctx context.Context, conn *pgx.Conn) check {
+	var role string
+	var super, stats bool
+	var hidden int
+	err := conn.QueryRow(ctx, `
+SELECT current_user::text, r.rolsuper, pg_has_role(current_user, 'pg_read_all_stats', 'USAGE'),
+       (SELECT count(*) FROM pg_stat_activity
+        WHERE pid <> pg_backend_pid() AND query = '<insufficient privilege>')::int
+FROM pg_roles r WHERE r.rolname = current_user`).Scan(&role, &super, &stats, &hidden)
+	if err != nil {
+		return check{"locks", checkFail, "cannot read the role's privileges: " + oneLine(err)}
+	}
+	var n int
+	if err := conn.QueryRow(ctx, `SELECT count(*)::int FROM stripe_customer_locks`).Scan(&n); err != nil {
+		if lockmgr.SQLState(err) == "42P01" {
+			return check{"locks", checkFail, "not checked: the stripe_customer_locks view is missing (see schema)"}
+		}
+		return check{"locks", checkFail, fmt.Sprintf("role %s cannot read stripe_customer_locks (lockstep locks, /admin/locks): %s", role, oneLine(err))}
+	}
+	switch {
+	case super:
+		return check{"locks", checkOK, fmt.Sprintf("role %s is a superuser: the locks view shows every session's query", role)}
+	case stats:
+		return check{"locks", checkOK, fmt.Sprintf("role %s has pg_read_all_stats: the locks view shows every session's query", role)}
+	}
+	return check{"locks", checkWarn, fmt.Sprintf("role %s sees only its own sessions' queries in the locks view (%d other sessions hidden now): GRANT pg_read_all_stats TO %s",
+		role, hidden, pgx.Identifier{role}.Sanitize())}
+}
+
+// pgbouncerCheck judges DATABASE_URL for PgBouncer in transaction mode: a
+// URL that looks like PgBouncer's (port 6432, or "pgbouncer" in the host)
+// needs default_query_exec_mode=exec (or simple_protocol), and migrations
+// need a direct MIGRATE_DATABASE_URL. It reads only the URLs: the server
+// behind a pooler cannot be told apart from a direct one.
+func pgbouncerCheck(cfg *config.Config) check {
+	cc, err := pgx.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return check{"pgbouncer", checkFail, "DATABASE_URL: " + oneLine(err)}
+	}
+	mode := strings.ReplaceAll(cc.DefaultQueryExecMode.String(), " ", "_")
+	where := fmt.Sprintf("%s:%d", cc.Host, cc.Port)
+	if !looksLikePgBouncer(cc.Host, cc.Port) {
+		return check{"pgbouncer", checkOK, fmt.Sprintf("DATABASE_URL points at %s, not a PgBouncer port (behind PgBouncer's transaction pooling, add default_query_exec_mode=exec)", where)}
+	}
+	var problems []string
+	if cc.DefaultQueryExecMode != pgx.QueryExecModeExec && cc.DefaultQueryExecMode != pgx.QueryExecModeSimpleProtocol {
+		problems = append(problems, fmt.Sprintf("default_query_exec_mode is %s: add default_query_exec_mode=exec to DATABASE_URL, or transaction pooling answers 42P05/26000 and webhooks fail", mode))
+	}
+	migrateDirect := false
+	if cfg.MigrateDatabaseURL != "" {
+		if mc, err := pgx.ParseConfig(cfg.MigrateDatabaseURL); err == nil && !looksLikePgBouncer(mc.Host, mc.Port) {
+			migrateDirect = true
+		}
+	}
+	if !migrateDirect {
+		problems = append(problems, "migrations would go through PgBouncer: set MIGRATE_DATABASE_URL to a direct connection")
+	}
+	if len(problems) > 0 {
+		return check{"pgbouncer", checkWarn, fmt.Sprintf("DATABASE_URL looks like PgBouncer (%s): %s", where, strings.Join(problems, "; "))}
+	}
+	return check{"pgbouncer", checkOK, fmt.Sprintf("DATABASE_URL looks like PgBouncer (%s): default_query_exec_mode=%s, migrations over MIGRATE_DATABASE_URL", where, mode)}
+}
+
+func looksLikePgBouncer(host string, port uint16) bool {
+	return port == 6432 || strings.Contains(strings.ToLower(host), "pgbouncer")
+}
+
+// ledgerCheck reports failed events waiting for a replay and the
+// retention in force. It reads only indexed subsets of the ledger.
+func ledgerCheck(ctx context.Context, conn *pgx.Conn, cfg *config.Config) check {
+	var failed int64
+	var oldest *time.Time
+	err := conn.QueryRow(ctx, `
+SELECT (SELECT count(*) FROM stripe_events WHERE status = 'failed'),
+       (SELECT min(processed_at) FROM stripe_events WHERE status IN ('processed', 'ignored'))`).Scan(&failed, &oldest)
+	if err != nil {
+		if lockmgr.SQLState(err) == "42P01" {
+			return check{"ledger", checkFail, "not checked: no stripe_events table (see schema)"}
+		}
+		return check{"ledger", checkFail, "cannot read stripe_events: " + oneLine(err)}
+	}
+	retention := "LEDGER_RETENTION off: settled events are kept forever"
+	if cfg.LedgerRetention > 0 {
+		retention = fmt.Sprintf("LEDGER_RETENTION %s: serve prunes settled events older than that daily", ageString(cfg.LedgerRetention))
+	}
+	if oldest != nil {
+		retention += fmt.Sprintf(" (oldest settled %s)", oldest.UTC().Format("2006-01-02"))
+	}
+	switch {
+	case failed > 0:
+		return check{"ledger", checkWarn, fmt.Sprintf("%d failed events wait for a replay (GET /admin/events?status=failed; lockstep replay --failed); %s", failed, retention)}
+	case cfg.LedgerRetention > 0 && cfg.LedgerRetention < 30*24*time.Hour:
+		return check{"ledger", checkWarn, retention + ": under 30d, events Stripe still lists are pruned, and a sweep over that window processes them again (harmless, wasted)"}
+	}
+	return check{"ledger", checkOK, "no failed events; " + retention}
+}
+
+// ageString prints whole days as "90d", other durations as Go does.
+func ageString(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
+// stripeCheck asks Stripe for a customer that does not exist: 404
+// resource_missing means the key was accepted. The key is sent as a Bearer
+// token and never printed; neither is Stripe's message, which may quote it.
+func stripeCheck(ctx context.Context, client *http.Client, base, key string) check {
+	ctx, cancel := context.WithTimeout(ctx, 2*doctorTimeout)
+	defer cancel()
+	mode := "test mode"
+	if strings.Contains(key, "_live_") {
+		mode = "live mode"
+	}
+	who := fmt.Sprintf("key %s (%s) at %s", maskKey(key), mode, base)
+	url := strings.TrimRight(base, "/") + "/v1/customers/" + doctorProbeCustomer
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return check{"stripe", checkFail, "STRIPE_API_BASE: " + oneLine(err)}
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	res, err := client.Do(req)
+	if err != nil {
+		return check{"stripe", checkFail, fmt.Sprintf("cannot reach %s: %s", base, redactKey(oneLine(err), key))}
+	}
+	defer res.Body.Close()
+	var body struct {
+		Error struct {
+			Type string `json:"type"`
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.NewDecoder(io.LimitReader(res.Body, 64<<10)).Decode(&body)
+	answer := fmt.Sprintf("HTTP %d", res.StatusCode)
+	if body.Error.Type != "" {
+		answer += " " + body.Error.Type
+	}
+	if body.Error.Code != "" {
+		answer += " " + body.Error.Code
+	}
+	if id := res.Header.Get("Request-Id"); id != "" {
+		answer += ", request " + id
+	}
+	switch {
+	case res.StatusCode == http.StatusNotFound && body.Error.Code == "resource_missing",
+		res.StatusCode == http.StatusOK:
+		return check{"stripe", checkOK, who + " accepted (a read of customer " + doctorProbeCustomer + ": " + answer + ")"}
+	case res.StatusCode == http.StatusUnauthorized:
+		return check{"stripe", checkFail, who + " rejected: " + answer + "; check STRIPE_SECRET_KEY"}
+	case res.StatusCode == http.StatusForbidden:
+		return check{"stripe", checkFail, who + " may not read customers: " + answer + "; a restricted key needs read access to Checkout Sessions, Customers, Subscriptions and Invoices"}
+	case res.StatusCode == http.StatusTooManyRequests:
+		return check{"stripe", checkWarn, who + ": rate limited (" + answer + "); run doctor again"}
+	}
+	return check{"stripe", checkFail, fmt.Sprintf("%s: unexpected answer %s (is STRIPE_API_BASE Stripe's API?)", who, answer)}
+}
+
+// maskKey shows a Stripe key's kind only: sk_live_****.
+func maskKey(key string) string {
+	for _, kind := range []string{"sk_live_", "sk_test_", "rk_live_", "rk_test_", "sk_", "rk_"} {
+		if strings.HasPrefix(key, kind) {
+			return kind + "****"
+		}
+	}
+	return "****"
+}
+
+// redactKey removes the key from s, should a transport error quote it.
+func redactKey(s, key string) string {
+	if key != "" {
+		s = strings.ReplaceAll(s, key, maskKey(key))
+	}
+	return config.MaskSecrets(s)
+}
