@@ -109,6 +109,19 @@ vet: ## go vet ./...
 	$(GO) vet ./...
 	$(GO) vet -tags faults ./integration_test/
 
+# The alert rules and the dashboard (deploy/): promtool checks the rules,
+# runs their unit tests, and parses the dashboard's queries. promtool comes
+# with Debian's prometheus package (.ci/run installs it when missing).
+# Whether every metric they name is exported is checked by make test
+# (TestDeployQueriesUseExportedMetrics, against a running server).
+PROMTOOL ?= promtool
+
+.PHONY: check-alerts
+check-alerts: ## promtool: check the alert rules, run their tests, parse the dashboard's queries
+	$(PROMTOOL) check rules deploy/prometheus/lockstep-rules.yml
+	$(PROMTOOL) test rules deploy/prometheus/lockstep-rules.test.yml
+	PROMTOOL="$$(command -v $(PROMTOOL))" $(GO) test -count=1 -run '^TestDeploy(DashboardQueriesParse|EveryAlertIsTested)$$' ./integration_test/
+
 .PHONY: build
 build: ## build the binary into bin/lockstep
 	$(GO) build -o bin/lockstep .
