@@ -133,8 +133,10 @@ func runEvery(ctx context.Context, first, interval time.Duration, fn func(contex
 	}
 }
 
+// pruneOnce is serve's daily pass: paced (each batch followed by a pause
+// as long as it took), since nothing waits for it.
 func pruneOnce(ctx context.Context, pool *pgxpool.Pool, retention time.Duration, log *slog.Logger) {
-	opts := billing.PruneOptions{Before: time.Now().Add(-retention)}
+	opts := billing.PruneOptions{Before: time.Now().Add(-retention), Pace: true}
 	start := time.Now()
 	res, err := billing.PruneEvents(ctx, pool, opts)
 	attrs := []slog.Attr{slog.Int64("processed", res.Processed), slog.Int64("ignored", res.Ignored),

@@ -19,8 +19,10 @@ type PruneOptions struct {
 	Before time.Time
 	// BatchSize is the number of rows per statement (PruneBatchSize when 0).
 	BatchSize int
-	// Pause is slept between batches, to leave room for live writers.
-	Pause time.Duration
+	// Pace sleeps after each batch as long as the batch took, so the prune
+	// keeps at most half of one backend busy, and slows down by itself when
+	// the database is busy (its batches take longer).
+	Pace bool
 	// DryRun counts what would go and deletes nothing.
 	DryRun bool
 	// OnBatch, when set, is called after each batch with the totals so far.
@@ -93,6 +95,7 @@ FROM stripe_events WHERE status IN ('processed', 'ignored') AND processed_at < $
 	}
 	afterAt, afterID := time.Time{}, ""
 	for {
+		began := time.Now()
 		var processed, ignored, picked int64
 		var lastAt *time.Time
 		var lastID *string
@@ -111,8 +114,8 @@ FROM stripe_events WHERE status IN ('processed', 'ignored') AND processed_at < $
 			return res, nil
 		}
 		afterAt, afterID = *lastAt, *lastID
-		if opts.Pause > 0 {
-			t := time.NewTimer(opts.Pause)
+		if opts.Pace {
+			t := time.NewTimer(time.Since(began))
 			select {
 			case <-ctx.Done():
 				t.Stop()

@@ -54,6 +54,7 @@ func TestPruneEvents(t *testing.T) {
 	seedLedger(t, db, "evt_oldi_", StatusIgnored, 4, 95*day)
 	seedLedger(t, db, "evt_oldf_", StatusFailed, 2, 200*day)
 	seedLedger(t, db, "evt_newp_", StatusProcessed, 3, 10*day)
+	seedLedger(t, db, "evt_midp_", StatusProcessed, 4, 89*day)
 	ctx := context.Background()
 	cut := time.Now().Add(-90 * day)
 
@@ -64,8 +65,8 @@ func TestPruneEvents(t *testing.T) {
 	if diff := cmp.Diff(PruneResult{Processed: 7, Ignored: 4, FailedKept: 2}, dry); diff != "" {
 		t.Fatalf("dry run (-want +got):\n%s", diff)
 	}
-	if n := len(ledgerIDs(t, db)); n != 16 {
-		t.Fatalf("dry run deleted rows: %d left, want 16", n)
+	if n := len(ledgerIDs(t, db)); n != 20 {
+		t.Fatalf("dry run deleted rows: %d left, want 20", n)
 	}
 
 	var seen []int64
@@ -81,6 +82,11 @@ func TestPruneEvents(t *testing.T) {
 	if diff := cmp.Diff([]int64{3, 6, 9, 11}, seen); diff != "" {
 		t.Errorf("progress (-want +got):\n%s", diff)
 	}
+	// Then the 89-day-old ones, paced: 4 rows in batches of 3.
+	paced, err := PruneEvents(ctx, db.Pool, PruneOptions{Before: time.Now().Add(-88 * day), BatchSize: 3, Pace: true})
+	if err != nil || paced != (PruneResult{Processed: 4, Batches: 2, FailedKept: 2}) {
+		t.Fatalf("paced prune = %+v, %v; want 4 processed in 2 batches", paced, err)
+	}
 	left := ledgerIDs(t, db)
 	want := map[string]string{"evt_oldf_0001": "failed", "evt_oldf_0002": "failed",
 		"evt_newp_0001": "processed", "evt_newp_0002": "processed", "evt_newp_0003": "processed"}
@@ -88,7 +94,7 @@ func TestPruneEvents(t *testing.T) {
 		t.Errorf("ledger after prune (-want +got):\n%s", diff)
 	}
 
-	again, err := PruneEvents(ctx, db.Pool, PruneOptions{Before: cut, BatchSize: 3})
+	again, err := PruneEvents(ctx, db.Pool, PruneOptions{Before: cut, BatchSize: 3, Pace: true})
 	if err != nil || again.Deleted() != 0 || again.Batches != 1 {
 		t.Errorf("second prune = %+v, %v; want nothing deleted in one batch", again, err)
 	}
