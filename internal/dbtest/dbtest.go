@@ -1,8 +1,10 @@
 // Package dbtest gives each test its own PostgreSQL database: created with a
 // unique name on the server named by TEST_DATABASE_URL, migrated to the latest
-// schema, and dropped when the test ends.
+// schema, and dropped when the test ends. It also runs private clusters
+// (Cluster) with the system's initdb and pg_ctl, for the tests that stop and
+// restart their server and for cmd/pgenv.
 //
-// `make test` runs the tests through scripts/pg.sh, which finds or starts a
+// `make test` runs the tests through cmd/pgenv, which finds or starts a
 // server and sets TEST_DATABASE_URL. Without it, New fails the test: a test
 // that needs a database never skips silently.
 package dbtest
@@ -98,14 +100,14 @@ func New(t testing.TB, opts ...Option) *DB {
 	}
 	db := &DB{URL: URLFor(serverURL, name), Name: name}
 
-	if err := createDatabase(serverURL, name); err != nil {
+	if err := CreateDatabase(serverURL, name); err != nil {
 		t.Fatalf("dbtest: %v", err)
 	}
 	t.Cleanup(func() {
 		if db.Pool != nil {
 			db.Pool.Close()
 		}
-		if err := dropDatabase(serverURL, name); err != nil {
+		if err := DropDatabase(serverURL, name); err != nil {
 			t.Errorf("dbtest: %v", err)
 		}
 	})
@@ -142,7 +144,9 @@ func uniqueName() (string, error) {
 	return fmt.Sprintf("lockstep_test_%s_%d", hex.EncodeToString(b[:]), os.Getpid()), nil
 }
 
-func createDatabase(serverURL, name string) (err error) {
+// CreateDatabase creates database name on the server at serverURL. The
+// server's error is wrapped: 42P04 says the database exists.
+func CreateDatabase(serverURL, name string) (err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, serverURL)
@@ -160,7 +164,8 @@ func createDatabase(serverURL, name string) (err error) {
 	return nil
 }
 
-func dropDatabase(serverURL, name string) (err error) {
+// DropDatabase drops database name, if it exists, ending its sessions.
+func DropDatabase(serverURL, name string) (err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, serverURL)
