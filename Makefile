@@ -1,14 +1,14 @@
 # lockstep. `make` (or `make help`) lists the targets.
 #
-# Targets that need PostgreSQL run through scripts/pg.sh, which uses
-# TEST_DATABASE_URL / DATABASE_URL when set, else a server on 127.0.0.1:5432,
-# else a private cluster it starts itself (see the script's header).
+# Targets that need PostgreSQL run through internal/dbtest/cmd/pgenv, which
+# uses TEST_DATABASE_URL / DATABASE_URL when set, else a server on
+# 127.0.0.1:5432, else a private cluster it starts itself (see its doc comment).
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 GO ?= go
-PG := scripts/pg.sh
+PG = $(GO) run ./internal/dbtest/cmd/pgenv
 
 # Extra flags for `make test`, e.g. make test TEST_FLAGS='-run TestWebhook -v'.
 TEST_FLAGS ?=
@@ -50,7 +50,7 @@ test-faults: ## run the slow fault tests: dropped connections, restarts, stuck h
 fuzz: ## run each fuzz target in FUZZ_TARGETS for FUZZTIME (default 20s)
 	$(PG) test -- $(MAKE) --no-print-directory fuzz-each
 
-# fuzz-each runs inside scripts/pg.sh, so all targets share one database server.
+# fuzz-each runs inside pgenv, so all targets share one database server.
 .PHONY: fuzz-each
 fuzz-each:
 	@set -e; for target in $(FUZZ_TARGETS); do \
@@ -64,7 +64,7 @@ fuzz-each:
 
 # `make bench` runs cmd/lockstep-bench, which serves lockstep in its own process
 # beside the pgbench reference, each on a scratch database on the server
-# scripts/pg.sh finds or starts; report.md and report.json land in BENCH_OUT.
+# pgenv finds or starts; report.md and report.json land in BENCH_OUT.
 # Other shapes: BENCH_FLAGS='-hot', '-storm -concurrency 16,64'.
 BENCH_OUT ?= bench-out
 BENCH_FLAGS ?= -concurrency 1,4,16 -duration 5s

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # scripts/bench-docs.sh OUT: runs every load docs/bench/README.md reports,
 # writing each report.md and report.json under OUT (default
-# docs/bench). `make bench-docs` runs it through scripts/pg.sh, which sets
-# TEST_DATABASE_URL to a server it found or started; every lockstep and
+# docs/bench). `make bench-docs` runs it through internal/dbtest/cmd/pgenv,
+# which sets TEST_DATABASE_URL to a server it found or started; every lockstep and
 # reference database is a scratch one, dropped at the end.
 #
 # About 8 minutes. Run it from a clean checkout (the reports name the
