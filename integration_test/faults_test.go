@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 	"github.com/lockstep/lockstep/lockmgr"
 )
@@ -869,7 +870,7 @@ func TestFaultDatabaseRestart(t *testing.T) {
 		checkouts = 60
 		down      = 3 * time.Second
 	)
-	c := startPrivateCluster(t)
+	c := dbtest.StartCluster(t)
 	b := setupOnCluster(t, c, 10)
 	lc := lockmgr.DefaultConfig()
 	b.client.Timeout = lc.RetryBudget + lc.LockTimeout + 15*time.Second // far past any answer lockstep should give
@@ -987,7 +988,9 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	phase("load running")
 
 	t1 := time.Now()
-	c.restart("fast")
+	if err := c.Restart("fast"); err != nil {
+		t.Fatal(err)
+	}
 	took := time.Since(t1)
 	phase(fmt.Sprintf("pg_ctl restart -m fast (%s)", took.Round(time.Millisecond)))
 	awaitReady(http.StatusOK, 30*time.Second)
@@ -997,12 +1000,16 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	for _, mode := range []string{"fast", "immediate"} {
 		_, before := phase("before stop -m " + mode)
 		t1 := time.Now()
-		c.stop(mode)
+		if err := c.Stop(mode); err != nil {
+			t.Fatal(err)
+		}
 		awaitReady(http.StatusServiceUnavailable, 10*time.Second)
 		t.Logf("stop -m %s: /readyz 503 %s after the stop began", mode, time.Since(t1).Round(time.Millisecond))
 		time.Sleep(down)
 		t2 := time.Now()
-		c.start()
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
 		took := time.Since(t2)
 		_, during := phase("database back after stop -m " + mode)
 		if during[http.StatusServiceUnavailable] == before[http.StatusServiceUnavailable] {
