@@ -785,7 +785,10 @@ EXECUTE FUNCTION lockstep_test_slow_commit()`); err != nil {
 			if n := b.advisoryLocks(); n != 0 {
 				t.Errorf("%d advisory locks left in pg_locks", n)
 			}
-			waitUntil(t, "the app's pool to have no connection acquired", 5*time.Second, func() bool { return pool.Stat().AcquiredConns() == 0 })
+			waitFor(t, "the app's pool to have no connection acquired", 5*time.Second, func() (bool, string) {
+				n := pool.Stat().AcquiredConns()
+				return n == 0, fmt.Sprintf("%d acquired", n)
+			})
 			if n := b.db.Pool.Stat().AcquiredConns(); n != 0 {
 				t.Errorf("test pool: %d connections acquired", n)
 			}
@@ -798,19 +801,6 @@ func dropped(p *ackProxy) int64 {
 		return 0
 	}
 	return p.dropped.Load()
-}
-
-// waitUntil polls cond until it holds; after timeout it fails the test (a
-// "did not hang" deadline, not a timing assertion).
-func waitUntil(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // readyWatch polls /readyz and records when its answer changes.
@@ -969,7 +959,10 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	awaitReady := func(want int, within time.Duration) time.Duration {
 		t.Helper()
 		start := time.Now()
-		waitUntil(t, fmt.Sprintf("/readyz to answer %d", want), within, func() bool { return ready.current() == want })
+		waitFor(t, fmt.Sprintf("/readyz to answer %d", want), within, func() (bool, string) {
+			code := ready.current()
+			return code == want, fmt.Sprint(code)
+		})
 		return time.Since(start)
 	}
 	phase := func(name string) (int, map[int]int) {
@@ -1121,5 +1114,8 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	if n := b.advisoryLocks(); n != 0 {
 		t.Errorf("%d advisory locks left", n)
 	}
-	waitUntil(t, "the pool to have no connection acquired", 5*time.Second, func() bool { return b.db.Pool.Stat().AcquiredConns() == 0 })
+	waitFor(t, "the pool to have no connection acquired", 5*time.Second, func() (bool, string) {
+		n := b.db.Pool.Stat().AcquiredConns()
+		return n == 0, fmt.Sprintf("%d acquired", n)
+	})
 }

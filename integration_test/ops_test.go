@@ -69,22 +69,6 @@ func opsCustomer(t *testing.T, ctx context.Context, conn *pgx.Conn, negative boo
 	return "", 0
 }
 
-// opsEventually polls cond every 20ms until it holds or timeout passes.
-func opsEventually(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // opsHold takes customer's lock in a transaction on a side connection, as
 // a stuck writer would. release commits it; it also runs at cleanup.
 func opsHold(t testing.TB, ctx context.Context, url, customer string) (pid int32, release func()) {
@@ -200,7 +184,7 @@ func TestLocksViewAdminAndCommand(t *testing.T) {
 	}()
 	defer func() { releaseHolder(); <-finished }()
 
-	opsEventually(t, "the waiter in stripe_customer_locks", 10*time.Second, func() (bool, string) {
+	waitFor(t, "the waiter in stripe_customer_locks", 10*time.Second, func() (bool, string) {
 		var n int
 		err := b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM stripe_customer_locks
 			WHERE pid = $1 AND NOT granted AND stripe_customer_id = $2`, waiterPID, neg).Scan(&n)
@@ -350,7 +334,7 @@ func TestLocksWritersNameThemselves(t *testing.T) {
 		go func() { defer close(finished); done <- w.send() }()
 		// Should the test stop here, the request still ends before it does.
 		defer func() { release(); <-finished }()
-		opsEventually(t, w.name+" waiting in the view", 5*time.Second, func() (bool, string) {
+		waitFor(t, w.name+" waiting in the view", 5*time.Second, func() (bool, string) {
 			var blockedBy []int32
 			err := b.db.Pool.QueryRow(ctx, `SELECT blocked_by FROM stripe_customer_locks
 				WHERE stripe_customer_id = $1 AND NOT granted AND application_name = $2`, fx.customer, w.name).Scan(&blockedBy)
@@ -792,7 +776,7 @@ func TestReadyzDatabaseDown(t *testing.T) {
 
 	restore()
 	restored := time.Now()
-	opsEventually(t, "readyz back to 200", 15*time.Second, func() (bool, string) {
+	waitFor(t, "readyz back to 200", 15*time.Second, func() (bool, string) {
 		r := b.api(http.MethodGet, "/readyz", "", nil)
 		return r.code == http.StatusOK, fmt.Sprintf("%d %s", r.code, r.body)
 	})
@@ -985,7 +969,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	}()
 	base := "http://" + addr
 	client := &http.Client{Timeout: 20 * time.Second}
-	opsEventually(t, "serve to be ready", 20*time.Second, func() (bool, string) {
+	waitFor(t, "serve to be ready", 20*time.Second, func() (bool, string) {
 		select {
 		case err := <-runErr:
 			t.Fatalf("serve returned early: %v\n%s", err, logs.String())
@@ -1053,7 +1037,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	}()
 
 	// It stops accepting while the request is still in flight.
-	opsEventually(t, "the listener to close", delay/2, func() (bool, string) {
+	waitFor(t, "the listener to close", delay/2, func() (bool, string) {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
@@ -1091,7 +1075,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	if err := db.Pool.QueryRow(context.Background(), `SELECT stripe_customer_id FROM stripe_customers WHERE user_id = $1`, user).Scan(&mapped); err != nil || mapped != cus {
 		t.Fatalf("mapping after the drained request: %q %v, want %s", mapped, err, cus)
 	}
-	opsEventually(t, "serve's connections to close", 5*time.Second, func() (bool, string) {
+	waitFor(t, "serve's connections to close", 5*time.Second, func() (bool, string) {
 		n := poolConns()
 		return n == 0, fmt.Sprintf("%d open", n)
 	})

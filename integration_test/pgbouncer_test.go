@@ -337,7 +337,7 @@ CREATE EVENT TRIGGER lockstep_test_ddl ON ddl_command_end EXECUTE FUNCTION locks
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i, r := range reps {
-		waitUntil(t, fmt.Sprintf("replica %d to be ready", i+1), 60*time.Second, func() bool {
+		waitFor(t, fmt.Sprintf("replica %d to be ready", i+1), 60*time.Second, func() (bool, string) {
 			select {
 			case err := <-r.done:
 				t.Fatalf("replica %d stopped: %v\n%s", i+1, err, r.logs.String())
@@ -345,10 +345,10 @@ CREATE EVENT TRIGGER lockstep_test_ddl ON ddl_command_end EXECUTE FUNCTION locks
 			}
 			res, err := client.Get("http://" + r.addr + "/readyz")
 			if err != nil {
-				return false
+				return false, err.Error()
 			}
 			_ = res.Body.Close()
-			return res.StatusCode == http.StatusOK
+			return res.StatusCode == http.StatusOK, res.Status
 		})
 		fx := newFixture(fmt.Sprintf("serve%d", i), time.Now().Add(-time.Minute).Truncate(time.Second))
 		body := subUpdate(fx, "active", fx.created)
