@@ -226,7 +226,7 @@ func TestDeployQueriesUseExportedMetrics(t *testing.T) {
 	if r := b.checkout("cs_test_nosuchsession", fx.user); r.code != http.StatusNotFound {
 		t.Fatalf("unknown session: %d", r.code)
 	}
-	opsFailEvent(t, b, fx.customer, subEvent(fx, "customer.subscription.updated", "past_due", now.Add(time.Second)))
+	b.failEvent(fx.customer, subEvent(fx, "customer.subscription.updated", "past_due", now.Add(time.Second)))
 	// A sweep pass stores the cursor (lockstep_sweep_lag_seconds); Stripe's
 	// subscription moves on unseen, and verify --repair finds and mends
 	// the drift (lockstep_drift_found_total, _repaired_total). Those series
@@ -246,7 +246,7 @@ func TestDeployQueriesUseExportedMetrics(t *testing.T) {
 		t.Fatalf("verify --repair found no drift to mend:\n%s", out.String())
 	}
 
-	scraped := exportedOf(opsScrape(t, b))
+	scraped := exportedOf(scrapeMetrics(t, b))
 	desc := described(t, b)
 	later := exportedLater(t)
 

@@ -13,14 +13,6 @@ import (
 	"github.com/lockstep/lockstep/internal/stripefake"
 )
 
-// holdLock takes a customer's advisory lock on a side connection, as another
-// writer (or a stuck session) would, until release is called.
-func (b *bundle) holdLock(customer string) (release func()) {
-	b.t.Helper()
-	_, release = opsHold(b.t, context.Background(), b.db.URL, customer)
-	return release
-}
-
 type ledgerRow struct {
 	status    string
 	attempts  int
@@ -55,7 +47,7 @@ func TestLedgerFailedThenRedelivered(t *testing.T) {
 	ev := subEvent(fx, "customer.subscription.created", "active", fx.created)
 	id := eventID(t, ev)
 
-	release := b.holdLock(fx.customer)
+	_, release := b.holdLock(fx.customer)
 	start := time.Now()
 	r := b.postWebhook(ev)
 	took := time.Since(start)

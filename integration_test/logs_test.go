@@ -240,3 +240,137 @@ func configLine(logs string) string {
 	}
 	return "(none)"
 }
+
+// jsonLogLines parses JSON log lines; every line must be one JSON object
+// whose top-level keys are not repeated.
+func jsonLogLines(t *testing.T, logs string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(logs), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("log line is not JSON: %v: %s", err, l)
+		}
+		var raw map[string]json.RawMessage
+		_ = json.Unmarshal([]byte(l), &raw)
+		dec := json.NewDecoder(strings.NewReader(l))
+		keys, depth := 0, 0
+		for {
+			tok, err := dec.Token()
+			if err != nil {
+				break
+			}
+			switch tok {
+			case json.Delim('{'), json.Delim('['):
+				depth++
+			case json.Delim('}'), json.Delim(']'):
+				depth--
+			default:
+				// At depth 1 a string token is a key; its value, nested
+				// or not, is read whole and skipped.
+				if depth == 1 {
+					if _, isKey := tok.(string); isKey {
+						keys++
+						var skip json.RawMessage
+						if err := dec.Decode(&skip); err != nil {
+							t.Fatalf("log line: %v: %s", err, l)
+						}
+					}
+				}
+			}
+		}
+		if keys != len(raw) {
+			t.Errorf("log line repeats a key (%d keys, %d distinct): %s", keys, len(raw), l)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// Logs are JSON, carry the request id and the event id, and hold no secret,
+// token or signature, whatever the requests sent.
+func TestLogsCarryIDsNotSecrets(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withLockTimeout(100*time.Millisecond), withRetryBudget(300*time.Millisecond))
+	now := time.Now().Add(-time.Minute).Truncate(time.Second)
+	fx := b.paidCheckout(uniqueUser("ops-logs"), now)
+	var sent []string // every secret-ish value a request carried
+
+	post := func(reqID string, payload []byte, sig string) response {
+		req, _ := http.NewRequest(http.MethodPost, b.srv.URL+"/webhooks/stripe", bytes.NewReader(payload))
+		req.Header.Set("X-Request-Id", reqID)
+		if sig != "" {
+			req.Header.Set("Stripe-Signature", sig)
+			sent = append(sent, sig[strings.Index(sig, "v1=")+3:])
+		}
+		return b.do(req)
+	}
+	ev := sessionCompleted(fx, now)
+	evID := eventID(t, ev)
+	must200(t, "signed webhook", post("ops-logs-good", ev, stripefake.SignatureHeader(ev, secretNew, time.Now())))
+	post("ops-logs-badsig", ev, stripefake.SignatureHeader(ev, "whsec_attacker_guess_0000", time.Now()))
+	post("ops-logs-garbage", ev, "t=notanumber,v1=deadbeef")
+	post("ops-logs-unsigned", ev, "")
+	post("ops-logs-old", ev, stripefake.SignatureHeader(ev, secretNew, time.Now().Add(-time.Hour)))
+	for _, tok := range []string{"wrong-app-token-zzz", appToken} {
+		req, _ := http.NewRequest(http.MethodPost, b.srv.URL+"/api/checkout/success",
+			strings.NewReader(fmt.Sprintf(`{"session_id":%q,"user_id":%q}`, fx.session, fx.user)))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		req.Header.Set("X-Request-Id", "ops-logs-checkout")
+		b.do(req)
+	}
+	b.api(http.MethodGet, "/admin/locks", "wrong-admin-token-zzz", nil)
+	b.api(http.MethodGet, "/admin/locks", adminToken, nil)
+	b.api(http.MethodGet, "/api/users/"+fx.user+"/billing", appToken, nil)
+	failing := subEvent(fx, "customer.subscription.updated", "past_due", now.Add(time.Second))
+	b.failEvent(fx.customer, failing)
+	sent = append(sent, secretNew, secretOld, stripeKey, appToken, adminToken,
+		"wrong-app-token-zzz", "wrong-admin-token-zzz", "whsec_", "sk_test", "Bearer", "deadbeef")
+
+	logs := b.logs.String()
+	lines := jsonLogLines(t, logs)
+	for _, s := range sent {
+		if strings.Contains(logs, s) {
+			t.Errorf("logs contain %q", s)
+		}
+	}
+	// No user id either: it is personal data.
+	if strings.Contains(logs, fx.user) {
+		t.Errorf("logs contain the user id %q", fx.user)
+	}
+
+	find := func(msg string, attrs map[string]any) map[string]any {
+		for _, l := range lines {
+			if l["msg"] != msg {
+				continue
+			}
+			match := true
+			for k, v := range attrs {
+				if l[k] != v {
+					match = false
+				}
+			}
+			if match {
+				return l
+			}
+		}
+		t.Errorf("no %q log line with %v", msg, attrs)
+		return nil
+	}
+	find("http request", map[string]any{"request_id": "ops-logs-good", "event_id": evID,
+		"event_type": "checkout.session.completed", "route": "/webhooks/stripe", "status": float64(200)})
+	find("http request", map[string]any{"request_id": "ops-logs-badsig", "status": float64(400)})
+	find("http request", map[string]any{"request_id": "ops-logs-checkout", "session_id": fx.session, "status": float64(200)})
+	find("http request", map[string]any{"request_id": "ops-logs-checkout", "status": float64(401)})
+	failedLine := find("webhook event failed", map[string]any{"event_id": eventID(t, failing), "status": float64(503)})
+	if failedLine != nil && failedLine["request_id"] == nil {
+		t.Errorf("failure line lacks the request id: %v", failedLine)
+	}
+	find("transient database error, retrying", map[string]any{"customer": fx.customer, "sqlstate": "55P03"})
+	// Every request line carries a request id.
+	for _, l := range lines {
+		if l["msg"] == "http request" && l["request_id"] == nil {
+			t.Errorf("request line without request_id: %v", l)
+		}
+	}
+}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/config"
@@ -317,4 +319,75 @@ func must200(t testing.TB, what string, r response) {
 
 func uniqueUser(prefix string) string {
 	return fmt.Sprintf("%s-%s", prefix, strings.ToLower(stripefake.NewID("u")))
+}
+
+// sideConn opens a side connection, closed when the test ends.
+func sideConn(t testing.TB, ctx context.Context, url string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
+}
+
+// backendPID is the server process of conn.
+func backendPID(t testing.TB, ctx context.Context, conn *pgx.Conn) int32 {
+	t.Helper()
+	var pid int32
+	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatalf("backend pid: %v", err)
+	}
+	return pid
+}
+
+// holdLock takes customer's advisory lock in a transaction on a side
+// connection, as another writer (or a stuck session) would. release commits
+// it; it also runs when the test ends.
+func (b *bundle) holdLock(customer string) (pid int32, release func()) {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn := sideConn(b.t, ctx, b.db.URL)
+	pid = backendPID(b.t, ctx, conn)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		b.t.Fatalf("begin: %v", err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT set_config('application_name', 'ops-test holder', true), pg_advisory_xact_lock(hashtext($1))`, customer); err != nil {
+		b.t.Fatalf("hold lock of %s: %v", customer, err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { _ = tx.Commit(context.Background()) }) }
+	b.t.Cleanup(release)
+	return pid, release
+}
+
+// failEvent sends ev while customer's lock is held elsewhere, on a bundle
+// whose lock timeout and retry budget are short: lockstep answers 503 and
+// records the event as failed.
+func (b *bundle) failEvent(customer string, ev []byte) {
+	b.t.Helper()
+	_, release := b.holdLock(customer)
+	defer release()
+	if r := b.postWebhook(ev); r.code != http.StatusServiceUnavailable {
+		b.t.Fatalf("webhook under a held lock: %d, want 503: %s", r.code, r.body)
+	}
+}
+
+// command runs a lockstep command (app.Run) on b's database and fake Stripe
+// and returns what it printed.
+func (b *bundle) command(ctx context.Context, args ...string) (string, error) {
+	b.t.Helper()
+	env := map[string]string{
+		"DATABASE_URL":      b.db.URL,
+		"STRIPE_API_BASE":   b.stripe.URL,
+		"STRIPE_SECRET_KEY": stripeKey,
+	}
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	err := app.Run(ctx, args, app.Env{Getenv: func(k string) string { return env[k] }, Stdout: &out, Stderr: io.Discard})
+	return out.String(), err
 }

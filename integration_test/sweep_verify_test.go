@@ -79,7 +79,7 @@ func TestSweeperRecoversMissedEvents(t *testing.T) {
 		t.Fatalf("second sweep: exit %d, want nothing missing:\n%s", code, out)
 	}
 	// serve exports the sweep's lag once a cursor is stored.
-	if lag, ok := opsScrape(t, b).get("lockstep_sweep_lag_seconds", nil); !ok || lag < 0 || lag > 60 {
+	if lag, ok := scrapeMetrics(t, b).get("lockstep_sweep_lag_seconds", nil); !ok || lag < 0 || lag > 60 {
 		t.Fatalf("lockstep_sweep_lag_seconds = %v (exported: %v) after a sweep just now", lag, ok)
 	}
 }
@@ -193,7 +193,7 @@ func TestVerifyFindsAndRepairsDrift(t *testing.T) {
 	if out, code := b.cli(context.Background(), nil, "verify"); code != 0 {
 		t.Fatalf("verify after repair: exit %d:\n%s", code, out)
 	}
-	m := opsScrape(t, b)
+	m := scrapeMetrics(t, b)
 	found := m.val("lockstep_drift_found_total", "object", "subscription", "field", "status")
 	repaired := m.val("lockstep_drift_repaired_total", "object", "subscription", "field", "status")
 	if found != 6 || repaired != 3 {
