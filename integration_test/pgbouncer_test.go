@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/internal/dbtest"
@@ -394,26 +393,11 @@ CREATE EVENT TRIGGER lockstep_test_ddl ON ddl_command_end EXECUTE FUNCTION locks
 func emptyDatabase(t testing.TB, serverURL string) string {
 	t.Helper()
 	name := strings.ToLower(stripefake.NewID("lockstep_test_empty_"))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, serverURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, err := pool.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+	if err := dbtest.CreateDatabase(serverURL, name); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, serverURL)
-		if err != nil {
-			t.Errorf("drop %s: %v", name, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		if err := dbtest.DropDatabase(serverURL, name); err != nil {
 			t.Errorf("drop %s: %v", name, err)
 		}
 	})
