@@ -5,6 +5,7 @@ package integration_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -23,227 +24,85 @@ import (
 // service recovers by itself, and after Stripe's redelivery (and the web
 // app's retry of its success calls) nothing is lost.
 func TestFaultDatabaseRestart(t *testing.T) {
-	const (
-		workers   = 6
-		eventCust = 30
-		checkouts = 60
-		down      = 3 * time.Second
-	)
+	const down = 3 * time.Second
 	c := dbtest.StartCluster(t)
 	b := setupOnCluster(t, c, 10)
 	lc := lockmgr.DefaultConfig()
 	b.client.Timeout = lc.RetryBudget + lc.LockTimeout + 15*time.Second // far past any answer lockstep should give
-	hang := lc.RetryBudget + 5*time.Second
 
-	t0 := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
-	custs := make([]fixture, eventCust)
-	for i := range custs {
-		custs[i] = newFixture(fmt.Sprintf("restart%d", i), t0)
-	}
-	var checkoutFx []fixture
-	for i := range checkouts {
-		checkoutFx = append(checkoutFx, b.paidCheckout(uniqueUser(fmt.Sprintf("rcheckout%d", i)), t0))
-	}
-
-	type sent struct {
-		body     []byte
-		customer string
-		status   string
-		created  time.Time
-	}
-	var (
-		mu         sync.Mutex
-		events     = map[string]sent{}
-		eventOK    = map[string]bool{}
-		eventFails = map[string]int{}
-		checkoutOK = map[int]bool{}
-		codes      = map[int]int{}
-		lat        latencies
-		slowest    time.Duration
-		seq        atomic.Int64
-		stopLoad   = make(chan struct{})
-		failedAt   []time.Time // when each failed request began
-	)
-	statuses := []string{"active", "past_due", "unpaid", "active", "trialing"}
-	send := func(n int) {
-		var r response
-		start := time.Now()
-		if n%5 == 4 && n/5 < checkouts { // a success-page call
-			fx := checkoutFx[n/5]
-			r = b.checkout(fx.session, fx.user)
-			mu.Lock()
-			checkoutOK[n/5] = r.code == http.StatusOK
-		} else {
-			fx := custs[n%eventCust]
-			st := statuses[(n/eventCust)%len(statuses)]
-			created := t0.Add(time.Duration(n) * time.Second)
-			ev := subUpdate(fx, st, created)
-			id := eventID(t, ev)
-			mu.Lock()
-			events[id] = sent{body: ev, customer: fx.customer, status: st, created: created}
-			mu.Unlock()
-			r = b.postWebhook(ev)
-			mu.Lock()
-			eventOK[id] = r.code == http.StatusOK
-			if r.code != http.StatusOK {
-				eventFails[id]++
-			}
-		}
-		d := time.Since(start)
-		codes[r.code]++
-		slowest = max(slowest, d)
-		if r.code != http.StatusOK {
-			failedAt = append(failedAt, start)
-		}
-		mu.Unlock()
-		lat.add(d)
-		if r.code != http.StatusOK && r.code != http.StatusServiceUnavailable {
-			t.Errorf("request %d: %d %s (want 200, or 503 while the database is away)", n, r.code, r.body)
-		}
-		if d > hang {
-			t.Errorf("request %d took %s: more than the retry budget + 5s", n, d.Round(time.Millisecond))
-		}
-	}
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stopLoad:
-					return
-				default:
-				}
-				n := int(seq.Add(1) - 1)
-				if n >= 20000 {
-					return
-				}
-				send(n)
-				time.Sleep(10 * time.Millisecond)
-			}
-		}()
-	}
+	load := startRestartLoad(t, b, 6, lc.RetryBudget+5*time.Second)
 	ready := watchReady(b)
-	awaitReady := func(want int, within time.Duration) time.Duration {
+	awaitReady := func(want int, within time.Duration) {
 		t.Helper()
-		start := time.Now()
 		waitFor(t, fmt.Sprintf("/readyz to answer %d", want), within, func() (bool, string) {
 			code := ready.current()
 			return code == want, fmt.Sprint(code)
 		})
-		return time.Since(start)
 	}
-	phase := func(name string) (int, map[int]int) {
-		mu.Lock()
-		defer mu.Unlock()
-		cp := map[int]int{}
-		for k, v := range codes {
-			cp[k] = v
-		}
-		t.Logf("%-32s at %s: %d requests so far, by status %v", name, time.Since(ready.start).Round(10*time.Millisecond), int(seq.Load()), cp)
-		return int(seq.Load()), cp
-	}
-
 	awaitReady(http.StatusOK, 10*time.Second)
 	time.Sleep(1500 * time.Millisecond)
-	phase("load running")
+	load.phase("load running")
 
-	t1 := time.Now()
+	// pg_ctl restart -m fast.
+	began := time.Now()
 	if err := c.Restart("fast"); err != nil {
 		t.Fatal(err)
 	}
-	took := time.Since(t1)
-	phase(fmt.Sprintf("pg_ctl restart -m fast (%s)", took.Round(time.Millisecond)))
+	took := time.Since(began)
+	load.phase(fmt.Sprintf("pg_ctl restart -m fast (%s)", took.Round(time.Millisecond)))
 	awaitReady(http.StatusOK, 30*time.Second)
-	t.Logf("restart -m fast: pg_ctl took %s; /readyz 200 again %s after it began", took.Round(time.Millisecond), time.Since(t1).Round(time.Millisecond))
+	t.Logf("restart -m fast: pg_ctl took %s; /readyz 200 again %s after it began", took.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 	time.Sleep(2 * time.Second)
 
+	// The database away for a while: a clean stop, then a crash.
 	for _, mode := range []string{"fast", "immediate"} {
-		_, before := phase("before stop -m " + mode)
-		t1 := time.Now()
+		before := load.phase("before stop -m " + mode)
+		began := time.Now()
 		if err := c.Stop(mode); err != nil {
 			t.Fatal(err)
 		}
 		awaitReady(http.StatusServiceUnavailable, 10*time.Second)
-		t.Logf("stop -m %s: /readyz 503 %s after the stop began", mode, time.Since(t1).Round(time.Millisecond))
+		t.Logf("stop -m %s: /readyz 503 %s after the stop began", mode, time.Since(began).Round(time.Millisecond))
 		time.Sleep(down)
-		t2 := time.Now()
+
+		began = time.Now()
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
-		took := time.Since(t2)
-		_, during := phase("database back after stop -m " + mode)
+		took := time.Since(began)
+		during := load.phase("database back after stop -m " + mode)
 		if during[http.StatusServiceUnavailable] == before[http.StatusServiceUnavailable] {
 			t.Errorf("no request failed while the database was down (stop -m %s): the load did not reach it", mode)
 		}
 		awaitReady(http.StatusOK, 30*time.Second)
 		readyAt := time.Now()
-		t.Logf("after stop -m %s: pg_ctl start took %s; /readyz 200 again %s after it began", mode, took.Round(time.Millisecond), time.Since(t2).Round(time.Millisecond))
+		t.Logf("after stop -m %s: pg_ctl start took %s; /readyz 200 again %s after it began", mode, took.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 		time.Sleep(2 * time.Second)
-		mu.Lock()
-		late := 0
-		for _, at := range failedAt {
-			if at.After(readyAt) {
-				late++
-			}
-		}
-		mu.Unlock()
 		t.Logf("after stop -m %s: requests begun after /readyz said 200 that still failed: %d (stale pooled connections, at most one each; pool max %d)",
-			mode, late, b.db.Pool.Config().MaxConns)
+			mode, load.failedSince(readyAt), b.db.Pool.Config().MaxConns)
 	}
-	close(stopLoad)
-	wg.Wait()
-	ready.stop <- struct{}{}
-	<-ready.done
-	phase("load stopped")
+	load.stop()
+	ready.finish()
+	load.phase("load stopped")
 	t.Logf("readyz transitions (time since start:status): %v", ready.changes)
-	t.Logf("load: %s, slowest %s (hang limit %s)", &lat, slowest.Round(time.Millisecond), hang)
+	t.Logf("load: %s, slowest %s (hang limit %s)", &load.lat, load.slowest.Round(time.Millisecond), load.hang)
 
 	// Stripe redelivers what failed; the web app retries its success call.
-	rounds := 0
-	for ; rounds < 10; rounds++ {
-		var pending []string
-		for id, ok := range eventOK {
-			if !ok {
-				pending = append(pending, id)
-			}
-		}
-		var pendingCheckouts []int
-		for i, ok := range checkoutOK {
-			if !ok {
-				pendingCheckouts = append(pendingCheckouts, i)
-			}
-		}
-		if len(pending)+len(pendingCheckouts) == 0 {
-			break
-		}
-		for _, id := range pending {
-			r := b.postWebhook(events[id].body)
-			eventOK[id] = r.code == http.StatusOK
-			if r.code != http.StatusOK {
-				eventFails[id]++
-			}
-		}
-		for _, i := range pendingCheckouts {
-			r := b.checkout(checkoutFx[i].session, checkoutFx[i].user)
-			checkoutOK[i] = r.code == http.StatusOK
-		}
-	}
+	rounds := load.redeliver(10)
 	redelivered := 0
-	for _, n := range eventFails {
+	for _, n := range load.eventFails {
 		redelivered += n
 	}
-	t.Logf("%d events and %d success calls sent; %d failed deliveries redelivered in %d rounds", len(events), len(checkoutOK), redelivered, rounds)
-	for id, ok := range eventOK {
+	t.Logf("%d events and %d success calls sent; %d failed deliveries redelivered in %d rounds", len(load.events), len(load.checkoutOK), redelivered, rounds)
+	for id, ok := range load.eventOK {
 		if !ok {
 			t.Errorf("event %s still failing after %d redelivery rounds", id, rounds)
 		}
 	}
 
 	// Nothing lost: every event processed once; each customer ends at its newest event.
-	if got := b.count(`SELECT count(*) FROM stripe_events WHERE status = 'processed'`); got != len(events) {
-		t.Errorf("processed events = %d, want %d", got, len(events))
+	if got := b.count(`SELECT count(*) FROM stripe_events WHERE status = 'processed'`); got != len(load.events) {
+		t.Errorf("processed events = %d, want %d", got, len(load.events))
 	}
 	rows, err := b.db.Pool.Query(context.Background(), `SELECT event_id, attempts FROM stripe_events`)
 	if err != nil {
@@ -257,14 +116,14 @@ func TestFaultDatabaseRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		hist[attempts]++
-		if attempts < 1 || attempts > 1+eventFails[id] {
-			t.Errorf("event %s: %d attempts, failed deliveries %d", id, attempts, eventFails[id])
+		if attempts < 1 || attempts > 1+load.eventFails[id] {
+			t.Errorf("event %s: %d attempts, failed deliveries %d", id, attempts, load.eventFails[id])
 		}
 	}
 	rows.Close()
 	t.Logf("ledger attempts histogram %v", hist)
-	newest := map[string]sent{}
-	for _, s := range events {
+	newest := map[string]sentEvent{}
+	for _, s := range load.events {
 		if s.created.After(newest[s.customer].created) {
 			newest[s.customer] = s
 		}
@@ -274,8 +133,8 @@ func TestFaultDatabaseRestart(t *testing.T) {
 			t.Errorf("customer %s: subscription %s, want %s (its newest event)", cus, got, s.status)
 		}
 	}
-	for i, ok := range checkoutOK {
-		fx := checkoutFx[i]
+	for i, ok := range load.checkoutOK {
+		fx := load.checkouts[i]
 		if got := b.customerOf(fx.user); !ok || got != fx.customer {
 			t.Errorf("success call for %s: ok %v, mapped to %s, want %s", fx.user, ok, got, fx.customer)
 		}
@@ -287,4 +146,195 @@ func TestFaultDatabaseRestart(t *testing.T) {
 		n := b.db.Pool.Stat().AcquiredConns()
 		return n == 0, fmt.Sprintf("%d acquired", n)
 	})
+}
+
+// restartLoad is TestFaultDatabaseRestart's traffic: workers sending
+// subscription updates for 30 customers and, every fifth request while they
+// last, one of 60 success-page calls. It records every answer.
+type restartLoad struct {
+	t         *testing.T
+	b         *bundle
+	t0        time.Time // Stripe time of the first event
+	customers []fixture
+	checkouts []fixture
+	hang      time.Duration // longer than any answer may take
+	start     time.Time
+	seq       atomic.Int64 // requests begun
+	halt      chan struct{}
+	wg        sync.WaitGroup
+	lat       latencies
+
+	mu         sync.Mutex
+	events     map[string]sentEvent // every event sent, by id
+	eventOK    map[string]bool      // the event's last delivery answered 200
+	eventFails map[string]int       // the event's deliveries that did not
+	checkoutOK map[int]bool         // the last success call for checkouts[i] answered 200
+	codes      map[int]int          // answers during the load, by status
+	failedAt   []time.Time          // when each failed request of the load began
+	slowest    time.Duration
+}
+
+// sentEvent is a subscription update the load sent.
+type sentEvent struct {
+	body     []byte
+	customer string
+	status   string
+	created  time.Time
+}
+
+var restartStatuses = []string{"active", "past_due", "unpaid", "active", "trialing"}
+
+func startRestartLoad(t *testing.T, b *bundle, workers int, hang time.Duration) *restartLoad {
+	t0 := time.Now().Add(-2 * time.Hour).Truncate(time.Second)
+	l := &restartLoad{t: t, b: b, t0: t0, hang: hang, start: time.Now(), halt: make(chan struct{}),
+		events: map[string]sentEvent{}, eventOK: map[string]bool{}, eventFails: map[string]int{},
+		checkoutOK: map[int]bool{}, codes: map[int]int{}}
+	for i := range 30 {
+		l.customers = append(l.customers, newFixture(fmt.Sprintf("restart%d", i), t0))
+	}
+	for i := range 60 {
+		l.checkouts = append(l.checkouts, b.paidCheckout(uniqueUser(fmt.Sprintf("rcheckout%d", i)), t0))
+	}
+	for range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.halt:
+					return
+				default:
+				}
+				n := int(l.seq.Add(1) - 1)
+				if n >= 20000 {
+					return
+				}
+				l.send(n)
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *restartLoad) stop() {
+	close(l.halt)
+	l.wg.Wait()
+}
+
+// send makes request n, a success-page call or a webhook, and records its answer.
+func (l *restartLoad) send(n int) {
+	start := time.Now()
+	var r response
+	if n%5 == 4 && n/5 < len(l.checkouts) {
+		r = l.checkout(n / 5)
+	} else {
+		r = l.deliver(l.newEvent(n))
+	}
+	d := time.Since(start)
+	l.lat.add(d)
+	l.mu.Lock()
+	l.codes[r.code]++
+	l.slowest = max(l.slowest, d)
+	if r.code != http.StatusOK {
+		l.failedAt = append(l.failedAt, start)
+	}
+	l.mu.Unlock()
+	if r.code != http.StatusOK && r.code != http.StatusServiceUnavailable {
+		l.t.Errorf("request %d: %d %s (want 200, or 503 while the database is away)", n, r.code, r.body)
+	}
+	if d > l.hang {
+		l.t.Errorf("request %d took %s: more than the retry budget + 5s", n, d.Round(time.Millisecond))
+	}
+}
+
+// newEvent makes request n's subscription update and returns its id.
+func (l *restartLoad) newEvent(n int) string {
+	fx := l.customers[n%len(l.customers)]
+	s := sentEvent{customer: fx.customer, status: restartStatuses[(n/len(l.customers))%len(restartStatuses)],
+		created: l.t0.Add(time.Duration(n) * time.Second)}
+	s.body = subUpdate(fx, s.status, s.created)
+	id := eventID(l.t, s.body)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events[id] = s
+	return id
+}
+
+// deliver posts event id, as Stripe does, and records whether it was accepted.
+func (l *restartLoad) deliver(id string) response {
+	l.mu.Lock()
+	body := l.events[id].body
+	l.mu.Unlock()
+	r := l.b.postWebhook(body)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.eventOK[id] = r.code == http.StatusOK
+	if r.code != http.StatusOK {
+		l.eventFails[id]++
+	}
+	return r
+}
+
+// checkout makes success-page call i, as the web app does, and records
+// whether it was accepted.
+func (l *restartLoad) checkout(i int) response {
+	fx := l.checkouts[i]
+	r := l.b.checkout(fx.session, fx.user)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.checkoutOK[i] = r.code == http.StatusOK
+	return r
+}
+
+// phase logs the requests so far by status, and returns those counts.
+func (l *restartLoad) phase(name string) map[int]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.t.Logf("%-32s at %s: %d requests so far, by status %v", name, time.Since(l.start).Round(10*time.Millisecond), int(l.seq.Load()), l.codes)
+	return maps.Clone(l.codes)
+}
+
+// failedSince counts the failed requests begun after at.
+func (l *restartLoad) failedSince(at time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, began := range l.failedAt {
+		if began.After(at) {
+			n++
+		}
+	}
+	return n
+}
+
+// redeliver sends again, once the load has stopped, every event and success
+// call whose last attempt failed, as Stripe and the web app do, for at most
+// maxRounds rounds. It returns the rounds it took.
+func (l *restartLoad) redeliver(maxRounds int) int {
+	rounds := 0
+	for ; rounds < maxRounds; rounds++ {
+		var events []string
+		for id, ok := range l.eventOK {
+			if !ok {
+				events = append(events, id)
+			}
+		}
+		var checkouts []int
+		for i, ok := range l.checkoutOK {
+			if !ok {
+				checkouts = append(checkouts, i)
+			}
+		}
+		if len(events)+len(checkouts) == 0 {
+			break
+		}
+		for _, id := range events {
+			l.deliver(id)
+		}
+		for _, i := range checkouts {
+			l.checkout(i)
+		}
+	}
+	return rounds
 }
