@@ -26,17 +26,18 @@ import (
 	"errors"
 	"fmt"
 	"log"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"regexp"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/lockstep/lockstep/config"
 	"github.com/lockstep/lockstep/internal/dbtest"
 )
 
@@ -241,11 +242,12 @@ func serverAnswers(probe string) bool {
 
 var passwordParam = regexp.MustCompile(`(^|[\s?&])password=[^\s&]*`)
 
-// redact prints a connection string without its password: a URL's userinfo
-// password, and a password= parameter of a URL or a keyword/value string.
+// redact prints a connection string without its password: config.RedactURL
+// hides a URL's userinfo password; the password= parameter libpq also takes,
+// in a URL's query or a keyword/value string, is masked here.
 func redact(s string) string {
-	if u, err := url.Parse(s); err == nil && u.Scheme != "" {
-		s = u.Redacted()
+	if strings.Contains(s, "://") {
+		s = config.RedactURL(s)
 	}
 	return passwordParam.ReplaceAllString(s, "${1}password=xxxxx")
 }
