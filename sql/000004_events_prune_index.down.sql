@@ -1,1 +1,1 @@
-DROP INDEX CONCURRENTLY IF EXISTS stripe_events_prune_idx
+DROP INDEX IF EXISTS stripe_events_prune_idx;

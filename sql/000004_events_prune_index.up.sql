@@ -3,11 +3,15 @@
 -- settled. Each prune batch is then an index range scan of at most a batch of
 -- rows, however large the ledger.
 --
--- CONCURRENTLY, so that adding it to a large ledger does not block webhook
--- inserts while it builds. It runs outside a transaction, so this file holds
--- this one statement only. Should the build fail, PostgreSQL leaves an
--- INVALID index behind: DROP INDEX CONCURRENTLY stripe_events_prune_idx,
--- clear the dirty flag, and migrate again.
-CREATE INDEX CONCURRENTLY IF NOT EXISTS stripe_events_prune_idx
+-- Not CONCURRENTLY: golang-migrate holds a session advisory lock while it
+-- migrates, and replicas starting together wait for that lock inside a
+-- statement; CREATE INDEX CONCURRENTLY waits for every such statement, and
+-- PostgreSQL reports the deadlock (40P01). A plain build blocks writes to
+-- stripe_events while it runs. On a large ledger, build it by hand first,
+-- without blocking anything:
+--   CREATE INDEX CONCURRENTLY IF NOT EXISTS stripe_events_prune_idx
+--       ON stripe_events (processed_at, event_id) WHERE status IN ('processed', 'ignored');
+-- and this migration then finds it and does nothing.
+CREATE INDEX IF NOT EXISTS stripe_events_prune_idx
     ON stripe_events (processed_at, event_id)
-    WHERE status IN ('processed', 'ignored')
+    WHERE status IN ('processed', 'ignored');
