@@ -34,7 +34,7 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	ready := watchReady(b)
 	awaitReady := func(want int, within time.Duration) {
 		t.Helper()
-		waitFor(t, fmt.Sprintf("/readyz to answer %d", want), within, func() (bool, string) {
+		dbtest.WaitFor(t, fmt.Sprintf("/readyz to answer %d", want), within, func() (bool, string) {
 			code := ready.current()
 			return code == want, fmt.Sprint(code)
 		})
@@ -142,7 +142,7 @@ func TestFaultDatabaseRestart(t *testing.T) {
 	if n := b.advisoryLocks(); n != 0 {
 		t.Errorf("%d advisory locks left", n)
 	}
-	waitFor(t, "the pool to have no connection acquired", 5*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "the pool to have no connection acquired", 5*time.Second, func() (bool, string) {
 		n := b.db.Pool.Stat().AcquiredConns()
 		return n == 0, fmt.Sprintf("%d acquired", n)
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 )
 
@@ -235,7 +236,7 @@ EXECUTE FUNCTION lockstep_test_slow_commit()`); err != nil {
 			if n := b.advisoryLocks(); n != 0 {
 				t.Errorf("%d advisory locks left in pg_locks", n)
 			}
-			waitFor(t, "the app's pool to have no connection acquired", 5*time.Second, func() (bool, string) {
+			dbtest.WaitFor(t, "the app's pool to have no connection acquired", 5*time.Second, func() (bool, string) {
 				n := pool.Stat().AcquiredConns()
 				return n == 0, fmt.Sprintf("%d acquired", n)
 			})

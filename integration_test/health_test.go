@@ -61,7 +61,7 @@ func TestReadyzDatabaseDown(t *testing.T) {
 
 	restore()
 	restored := time.Now()
-	waitFor(t, "readyz back to 200", 15*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "readyz back to 200", 15*time.Second, func() (bool, string) {
 		r := b.api(http.MethodGet, "/readyz", "", nil)
 		return r.code == http.StatusOK, fmt.Sprintf("%d %s", r.code, r.body)
 	})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 	"github.com/lockstep/lockstep/lockmgr"
 )
@@ -113,7 +114,7 @@ func TestLocksViewAdminAndCommand(t *testing.T) {
 	}()
 	defer func() { releaseHolder(); <-finished }()
 
-	waitFor(t, "the waiter in stripe_customer_locks", 10*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "the waiter in stripe_customer_locks", 10*time.Second, func() (bool, string) {
 		var n int
 		err := b.db.Pool.QueryRow(ctx, `SELECT count(*) FROM stripe_customer_locks
 			WHERE pid = $1 AND NOT granted AND stripe_customer_id = $2`, waiterPID, neg).Scan(&n)
@@ -262,7 +263,7 @@ func TestLocksWritersNameThemselves(t *testing.T) {
 		go func() { defer close(finished); done <- w.send() }()
 		// Should the test stop here, the request still ends before it does.
 		defer func() { release(); <-finished }()
-		waitFor(t, w.name+" waiting in the view", 5*time.Second, func() (bool, string) {
+		dbtest.WaitFor(t, w.name+" waiting in the view", 5*time.Second, func() (bool, string) {
 			var blockedBy []int32
 			err := b.db.Pool.QueryRow(ctx, `SELECT blocked_by FROM stripe_customer_locks
 				WHERE stripe_customer_id = $1 AND NOT granted AND application_name = $2`, fx.customer, w.name).Scan(&blockedBy)

@@ -336,7 +336,7 @@ CREATE EVENT TRIGGER lockstep_test_ddl ON ddl_command_end EXECUTE FUNCTION locks
 	}
 	client := &http.Client{Timeout: 10 * time.Second}
 	for i, r := range reps {
-		waitFor(t, fmt.Sprintf("replica %d to be ready", i+1), 60*time.Second, func() (bool, string) {
+		dbtest.WaitFor(t, fmt.Sprintf("replica %d to be ready", i+1), 60*time.Second, func() (bool, string) {
 			select {
 			case err := <-r.done:
 				t.Fatalf("replica %d stopped: %v\n%s", i+1, err, r.logs.String())

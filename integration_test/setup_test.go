@@ -286,24 +286,6 @@ func concurrently(fns ...func()) {
 	done.Wait()
 }
 
-// waitFor polls cond every 20 ms until it holds. After timeout it fails the
-// test with what cond last saw: a "did not hang" deadline, not a timing
-// assertion.
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() (ok bool, seen string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, seen)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // userRow is the mapping as stored.
 func (b *bundle) customerOf(user string) string {
 	b.t.Helper()

@@ -52,7 +52,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	}()
 	base := "http://" + addr
 	client := &http.Client{Timeout: 20 * time.Second}
-	waitFor(t, "serve to be ready", 20*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "serve to be ready", 20*time.Second, func() (bool, string) {
 		select {
 		case err := <-runErr:
 			t.Fatalf("serve returned early: %v\n%s", err, logs.String())
@@ -120,7 +120,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	}()
 
 	// It stops accepting while the request is still in flight.
-	waitFor(t, "the listener to close", delay/2, func() (bool, string) {
+	dbtest.WaitFor(t, "the listener to close", delay/2, func() (bool, string) {
 		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
@@ -158,7 +158,7 @@ func TestServeDrainsOnShutdown(t *testing.T) {
 	if err := db.Pool.QueryRow(context.Background(), `SELECT stripe_customer_id FROM stripe_customers WHERE user_id = $1`, user).Scan(&mapped); err != nil || mapped != cus {
 		t.Fatalf("mapping after the drained request: %q %v, want %s", mapped, err, cus)
 	}
-	waitFor(t, "serve's connections to close", 5*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "serve's connections to close", 5*time.Second, func() (bool, string) {
 		n := poolConns()
 		return n == 0, fmt.Sprintf("%d open", n)
 	})

@@ -18,6 +18,7 @@ import (
 
 	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/billing"
+	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 )
 
@@ -330,14 +331,10 @@ func TestServeSweepsOnItsInterval(t *testing.T) {
 			t.Errorf("serve: %v\n%s", err, logs.String())
 		}
 	}()
-	deadline := time.Now().Add(60 * time.Second)
-	for b.count(`SELECT count(*) FROM stripe_events`) < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("serve's sweeper recovered %d of 3 missed events in 60 s:\n%s",
-				b.count(`SELECT count(*) FROM stripe_events`), logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	dbtest.WaitFor(t, "serve's sweeper to recover the 3 missed events", 60*time.Second, func() (bool, string) {
+		n := b.count(`SELECT count(*) FROM stripe_events`)
+		return n == 3, fmt.Sprintf("%d events in the ledger", n)
+	})
 	if st := b.subStatus(fx.subscription); st != "active" {
 		t.Fatalf("after serve's sweep the subscription is %s, want active", st)
 	}

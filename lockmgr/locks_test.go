@@ -51,22 +51,6 @@ func customerWithHash(t *testing.T, ctx context.Context, conn *pgx.Conn, negativ
 	return "", 0
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, state)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func find(locks []lockmgr.LockInfo, pid int32, key int64) *lockmgr.LockInfo {
 	for i, l := range locks {
 		if l.PID == pid && l.Key != nil && *l.Key == key {
@@ -129,7 +113,7 @@ func TestLocksList(t *testing.T) {
 	}()
 
 	var locks []lockmgr.LockInfo
-	waitFor(t, "the waiter in the view", 10*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "the waiter in the view", 10*time.Second, func() (bool, string) {
 		locks, err = lockmgr.ListLocks(ctx, db.Pool)
 		if err != nil {
 			t.Fatalf("ListLocks: %v", err)
@@ -234,7 +218,7 @@ func TestLocksApplicationName(t *testing.T) {
 		})
 	}()
 
-	waitFor(t, "the waiting transaction to show its name", 10*time.Second, func() (bool, string) {
+	dbtest.WaitFor(t, "the waiting transaction to show its name", 10*time.Second, func() (bool, string) {
 		locks, err := lockmgr.ListLocks(ctx, db.Pool)
 		if err != nil {
 			t.Fatalf("ListLocks: %v", err)

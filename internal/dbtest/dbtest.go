@@ -183,3 +183,22 @@ func DropDatabase(serverURL, name string) (err error) {
 	}
 	return nil
 }
+
+// WaitFor polls cond every 20 ms until it holds, and fails the test when
+// timeout passes first, with what it waited for and what cond last saw.
+// It is the one way tests wait for something that happens on its own time
+// (a lock to be awaited, a background pass to finish).
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() (ok bool, seen string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, seen := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, seen)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
