@@ -88,7 +88,7 @@ func runDoctor(ctx context.Context, getenv func(string) string, client *http.Cli
 			strings.Join(cfg.DevDefaults, ", "))
 	default:
 		add("config", checkOK, "database %s, %d webhook secret(s), Stripe key %s, lock_timeout %s, retry_budget %s",
-			config.RedactURL(cfg.DatabaseURL), len(cfg.WebhookSecrets), maskKey(cfg.StripeSecretKey),
+			config.RedactURL(cfg.DatabaseURL), len(cfg.WebhookSecrets), config.Redact(cfg.StripeSecretKey),
 			cfg.LockTimeout, cfg.RetryBudget)
 	}
 	dbCfg, stripeCfg := cfg, cfg
@@ -325,7 +325,7 @@ func stripeCheck(ctx context.Context, client *http.Client, base, key string) che
 	if strings.Contains(key, "_live_") {
 		mode = "live mode"
 	}
-	who := fmt.Sprintf("key %s (%s) at %s", maskKey(key), mode, base)
+	who := fmt.Sprintf("key %s (%s) at %s", config.Redact(key), mode, base)
 	url := strings.TrimRight(base, "/") + "/v1/customers/" + doctorProbeCustomer
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -368,20 +368,10 @@ func stripeCheck(ctx context.Context, client *http.Client, base, key string) che
 	return check{"stripe", checkFail, fmt.Sprintf("%s: unexpected answer %s (is STRIPE_API_BASE Stripe's API?)", who, answer)}
 }
 
-// maskKey shows a Stripe key's kind only: sk_live_****.
-func maskKey(key string) string {
-	for _, kind := range []string{"sk_live_", "sk_test_", "rk_live_", "rk_test_", "sk_", "rk_"} {
-		if strings.HasPrefix(key, kind) {
-			return kind + "****"
-		}
-	}
-	return "****"
-}
-
 // redactKey removes the key from s, should a transport error quote it.
 func redactKey(s, key string) string {
 	if key != "" {
-		s = strings.ReplaceAll(s, key, maskKey(key))
+		s = strings.ReplaceAll(s, key, config.Redact(key))
 	}
 	return config.MaskSecrets(s)
 }

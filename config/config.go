@@ -297,10 +297,10 @@ func (c *Config) MigrateURL() string {
 func (c *Config) String() string {
 	secrets := make([]string, len(c.WebhookSecrets))
 	for i, s := range c.WebhookSecrets {
-		secrets[i] = redact(s)
+		secrets[i] = Redact(s)
 	}
 	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
-		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), redact(c.StripeSecretKey),
+		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
 		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
 		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
 }

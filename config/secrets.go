@@ -25,9 +25,9 @@ func secretKind(s string) string {
 	return ""
 }
 
-// redact masks a secret, keeping only its kind: whsec_****, sk_test_****,
+// Redact masks a secret, keeping only its kind: whsec_****, sk_test_****,
 // or **** for a value of no known kind.
-func redact(s string) string {
+func Redact(s string) string {
 	if s == "" {
 		return ""
 	}

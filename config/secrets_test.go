@@ -11,8 +11,8 @@ func TestRedact(t *testing.T) {
 		"rk_live_abcdef":         "rk_live_****",
 		"something-else":         "****",
 	} {
-		if got := redact(in); got != want {
-			t.Errorf("redact(%q) = %q, want %q", in, got, want)
+		if got := Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
