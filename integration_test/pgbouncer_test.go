@@ -5,6 +5,7 @@ package integration_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/app"
+	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 	schema "github.com/lockstep/lockstep/sql"
@@ -402,4 +404,50 @@ func emptyDatabase(t testing.TB, serverURL string) string {
 		}
 	})
 	return name
+}
+
+// The sweeper's lease holds behind PgBouncer's transaction pooling, where
+// every replica's statements share one server connection (a session
+// advisory lock would be granted to all of them): while one replica sweeps,
+// the others are refused, and every missed event is applied once.
+func TestPgBouncerSweeperLease(t *testing.T) {
+	t.Parallel()
+	b := setup(t, withMaxConns(4))
+	pgb := startPgBouncer(t, dbtest.ServerURL(t), bouncerOptions{poolSize: 1})
+	via := pgb.url(b.db.Name, execMode)
+	replicas := []*bundle{b.replica(openPool(t, via, 2)), b.replica(openPool(t, via, 2)), b.replica(openPool(t, via, 2))}
+	var fixtures []fixture
+	for range 3 {
+		fx := b.paidCheckout(uniqueUser("bouncer-sweep"), b.stripe.Now().Add(-time.Hour).Truncate(time.Second))
+		b.checkoutEvents(fx)
+		fixtures = append(fixtures, fx)
+	}
+	b.stripe.SetDelay(time.Second) // the first sweep holds its lease a while
+	ctx := context.Background()
+	first := make(chan error, 1)
+	go func() {
+		_, err := replicas[0].app.Bulk.Sweep(ctx, replicas[0].app.BulkAPI, billing.SweepOptions{Owner: "replica-0"})
+		first <- err
+	}()
+	dbtest.WaitFor(t, "replica-0 to take the lease", 30*time.Second, func() (bool, string) {
+		owner := b.scalar(`SELECT max(lease_owner) FROM stripe_sweeper WHERE lease_until > now()`)
+		return owner == "replica-0", owner
+	})
+	for i, r := range replicas[1:] {
+		_, err := r.app.Bulk.Sweep(ctx, r.app.BulkAPI, billing.SweepOptions{Owner: fmt.Sprintf("replica-%d", i+1)})
+		if !errors.Is(err, billing.ErrSweepBusy) {
+			t.Errorf("replica-%d swept while replica-0 held the lease: %v", i+1, err)
+		}
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("replica-0's sweep: %v", err)
+	}
+	for _, fx := range fixtures {
+		if st := b.subStatus(fx.subscription); st != "active" {
+			t.Errorf("subscription %s is %s after the sweep, want active", fx.subscription, st)
+		}
+	}
+	if n := b.count(`SELECT count(*) FROM stripe_events WHERE status = 'processed' AND attempts = 1`); n != 9 {
+		t.Errorf("%d events processed once, want all 9", n)
+	}
 }
