@@ -136,10 +136,9 @@ type Server struct {
 	Billing *billing.Service
 	Metrics *metrics.Metrics
 	Locks   *lockmgr.Manager
-	// Bulk is Billing reading Stripe through BulkAPI, the client on the
-	// bulk share of the API budget: what the sweeper runs on.
-	Bulk    *billing.Service
-	BulkAPI *stripeapi.Client
+	// Bulk is Billing's bulk writers, reading Stripe through a client on
+	// the bulk share of the API budget: what the sweeper runs on.
+	Bulk *billing.Bulk
 }
 
 // NewServer builds the service from cfg on pool.
@@ -148,14 +147,7 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 	m.RegisterPool(pool)
 	m.RegisterReady(func(ctx context.Context) error { return Ready(ctx, pool) })
 	m.InitSecrets(len(cfg.WebhookSecrets))
-	lcfg := lockmgr.DefaultConfig()
-	if cfg.LockTimeout > 0 {
-		lcfg.LockTimeout = cfg.LockTimeout
-	}
-	if cfg.RetryBudget > 0 {
-		lcfg.RetryBudget = cfg.RetryBudget
-	}
-	locks := lockmgr.New(pool, lcfg, m, log)
+	locks := lockManager(cfg, pool, m, log)
 	// One budget for the process, shared by the live client (the success
 	// call, the same-second read) and the bulk one (the sweeper); 0 (a
 	// Config built by hand, in tests) is no budget.
@@ -180,7 +172,7 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 		Ready:      func(ctx context.Context) error { return Ready(ctx, pool) },
 		Locks:      func(ctx context.Context) ([]lockmgr.LockInfo, error) { return lockmgr.ListLocks(ctx, pool) },
 	})
-	return &Server{Handler: h, Billing: svc, Metrics: m, Locks: locks, Bulk: svc.WithStripe(bulkAPI), BulkAPI: bulkAPI}
+	return &Server{Handler: h, Billing: svc, Metrics: m, Locks: locks, Bulk: svc.Bulk(bulkAPI)}
 }
 
 // Ready reports whether the database answers and its schema is the latest

@@ -15,7 +15,6 @@ import (
 
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/config"
-	"github.com/lockstep/lockstep/lockmgr"
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -27,31 +26,20 @@ import (
 // bulkService opens the database and returns a billing service reading
 // Stripe through a client on the bulk share of STRIPE_API_RPS.
 func bulkService(ctx context.Context, env Env, log *slog.Logger) (*bulk, error) {
-	cfg, err := config.Load(env.Getenv, config.NeedDatabase|config.NeedStripe)
+	cfg, pool, err := openForCommand(ctx, env, config.NeedStripe, 8)
 	if err != nil {
 		return nil, err
 	}
-	pool, err := lockmgr.OpenPool(ctx, cfg.DatabaseURL, 8)
-	if err != nil {
-		return nil, err
-	}
-	if err := Ready(ctx, pool); err != nil {
-		pool.Close()
-		return nil, err
-	}
-	lcfg := lockmgr.DefaultConfig()
-	lcfg.LockTimeout, lcfg.RetryBudget = cfg.LockTimeout, cfg.RetryBudget
-	locks := lockmgr.New(pool, lcfg, nil, log)
 	api := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{
 		Budget: stripeapi.NewBudget(cfg.StripeAPIRPS), Share: stripeapi.Bulk})
-	return &bulk{cfg: cfg, svc: billing.NewService(locks, api, log), api: api, close: pool.Close}, nil
+	svc := billing.NewService(lockManager(cfg, pool, nil, log), api, log)
+	return &bulk{cfg: cfg, Bulk: svc.Bulk(api), close: pool.Close}, nil
 }
 
 // bulk is what a convergence command works with.
 type bulk struct {
+	*billing.Bulk
 	cfg   *config.Config
-	svc   *billing.Service
-	api   *stripeapi.Client
 	close func()
 }
 
@@ -131,7 +119,7 @@ func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) erro
 	if *dryRun {
 		verb = "would write"
 	}
-	p, err := b.svc.Sync(ctx, b.api, billing.SyncOptions{
+	p, err := b.Sync(ctx, billing.SyncOptions{
 		Customer: *customer, Since: cut, DryRun: *dryRun, InvoicesPerCustomer: *invoices, PageSize: *pageSize,
 		Progress: func(p billing.SyncProgress) { progress.show(syncLine(p)) },
 		Change: func(c billing.Change) {
@@ -185,7 +173,7 @@ func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 		return err
 	}
 	defer b.close()
-	res, err := b.svc.Verify(ctx, b.api, billing.VerifyOptions{
+	res, err := b.Verify(ctx, billing.VerifyOptions{
 		Customer: *customer, Repair: *repair,
 		Found:  func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
 		Mended: func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
@@ -229,7 +217,7 @@ func sweepCmd(ctx context.Context, args []string, env Env, log *slog.Logger) err
 		return err
 	}
 	defer b.close()
-	res, err := b.svc.Sweep(ctx, b.api, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back})
+	res, err := b.Sweep(ctx, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back})
 	if err != nil {
 		return fmt.Errorf("sweep: %w", err)
 	}
@@ -260,7 +248,7 @@ func runSweeper(ctx context.Context, srv *Server, interval, lookback time.Durati
 			return
 		case <-time.After(wait):
 		}
-		res, err := srv.Bulk.Sweep(ctx, srv.BulkAPI, billing.SweepOptions{Owner: owner, Lookback: lookback})
+		res, err := srv.Bulk.Sweep(ctx, billing.SweepOptions{Owner: owner, Lookback: lookback})
 		switch {
 		case errors.Is(err, billing.ErrSweepBusy):
 			log.Debug("sweeper: another replica holds the lease", slog.String("error", err.Error()))

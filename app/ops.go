@@ -20,12 +20,14 @@ import (
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
-func openForCommand(ctx context.Context, env Env) (*config.Config, *pgxpool.Pool, error) {
-	cfg, err := config.Load(env.Getenv, config.NeedDatabase)
+// openForCommand loads the configuration a command needs, opens a pool of
+// maxConns on the database and checks that its schema is current.
+func openForCommand(ctx context.Context, env Env, needs config.Needs, maxConns int32) (*config.Config, *pgxpool.Pool, error) {
+	cfg, err := config.Load(env.Getenv, config.NeedDatabase|needs)
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := lockmgr.OpenPool(ctx, cfg.DatabaseURL, 4)
+	pool, err := lockmgr.OpenPool(ctx, cfg.DatabaseURL, maxConns)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -36,6 +38,20 @@ func openForCommand(ctx context.Context, env Env) (*config.Config, *pgxpool.Pool
 	return cfg, pool, nil
 }
 
+// lockManager is the lock manager serve and every command write through,
+// with cfg's timeouts (lockmgr's defaults where a Config built by hand, in
+// tests, leaves them zero).
+func lockManager(cfg *config.Config, pool *pgxpool.Pool, obs lockmgr.Observer, log *slog.Logger) *lockmgr.Manager {
+	lcfg := lockmgr.DefaultConfig()
+	if cfg.LockTimeout > 0 {
+		lcfg.LockTimeout = cfg.LockTimeout
+	}
+	if cfg.RetryBudget > 0 {
+		lcfg.RetryBudget = cfg.RetryBudget
+	}
+	return lockmgr.New(pool, lcfg, obs, log)
+}
+
 func locksCmd(ctx context.Context, args []string, env Env) error {
 	asJSON := false
 	for _, a := range args {
@@ -44,7 +60,7 @@ func locksCmd(ctx context.Context, args []string, env Env) error {
 		}
 		asJSON = true
 	}
-	_, pool, err := openForCommand(ctx, env)
+	_, pool, err := openForCommand(ctx, env, 0, 4)
 	if err != nil {
 		return err
 	}
@@ -135,7 +151,7 @@ func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	if args[0] != "--failed" && !stripeapi.ValidID(args[0], "evt_") {
 		return &UsageError{Msg: fmt.Sprintf("replay: %q is not an event id (evt_...)", args[0])}
 	}
-	cfg, pool, err := openForCommand(ctx, env)
+	cfg, pool, err := openForCommand(ctx, env, 0, 4)
 	if err != nil {
 		return err
 	}
@@ -144,10 +160,7 @@ func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	if cfg.StripeSecretKey == "" {
 		cfg.StripeSecretKey = "sk_unset"
 	}
-	lcfg := lockmgr.DefaultConfig()
-	lcfg.LockTimeout, lcfg.RetryBudget = cfg.LockTimeout, cfg.RetryBudget
-	locks := lockmgr.New(pool, lcfg, nil, log)
-	svc := billing.NewService(locks, stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{}), log)
+	svc := billing.NewService(lockManager(cfg, pool, nil, log), stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{}), log)
 
 	var results []billing.ReplayResult
 	if args[0] == "--failed" {

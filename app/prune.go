@@ -46,7 +46,7 @@ func pruneCmd(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return &UsageError{Msg: "prune: " + err.Error()}
 	}
-	_, pool, err := openForCommand(ctx, env)
+	_, pool, err := openForCommand(ctx, env, 0, 4)
 	if err != nil {
 		return err
 	}

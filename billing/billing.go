@@ -82,12 +82,18 @@ func NewService(locks *lockmgr.Manager, api Stripe, log *slog.Logger) *Service {
 	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log}
 }
 
-// WithStripe returns a Service that writes through the same locks and reads
-// Stripe through api: bulk work (sync, verify, the sweeper) uses a client
-// that draws on the bulk share of the API budget, so that its reads to
-// settle ties never starve live traffic.
-func (s *Service) WithStripe(api Stripe) *Service {
+// Bulk is the Service's bulk writers (sync, verify, the sweeper): the same
+// locks and rules, reading Stripe through a client of their own, which
+// draws on the bulk share of the API budget so that neither their lists
+// nor their reads to settle ties starve live traffic.
+type Bulk struct {
+	*Service
+	api Lister
+}
+
+// Bulk returns the bulk writers reading Stripe through api.
+func (s *Service) Bulk(api Lister) *Bulk {
 	c := *s
 	c.stripe = api
-	return &c
+	return &Bulk{Service: &c, api: api}
 }

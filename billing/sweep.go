@@ -54,7 +54,7 @@ const sweeperName = "events"
 // (failed ones are replay's). Only one sweeper runs at a time: the lease is
 // a row taken and renewed by single statements, so it holds behind
 // PgBouncer's transaction pooling.
-func (s *Service) Sweep(ctx context.Context, api Lister, o SweepOptions) (SweepResult, error) {
+func (b *Bulk) Sweep(ctx context.Context, o SweepOptions) (SweepResult, error) {
 	if o.Lease <= 0 {
 		o.Lease = 2 * time.Minute
 	}
@@ -64,7 +64,7 @@ func (s *Service) Sweep(ctx context.Context, api Lister, o SweepOptions) (SweepR
 	if o.Overlap <= 0 {
 		o.Overlap = 10 * time.Minute
 	}
-	cursor, err := s.takeSweepLease(ctx, o)
+	cursor, err := b.takeSweepLease(ctx, o)
 	if err != nil {
 		return SweepResult{}, err
 	}
@@ -81,17 +81,18 @@ func (s *Service) Sweep(ctx context.Context, api Lister, o SweepOptions) (SweepR
 	if floor := listStart.Add(-30 * 24 * time.Hour); res.From.Before(floor) {
 		res.From = floor // Stripe keeps 30 days
 	}
-	err = s.sweep(ctx, api, o, &res)
+	err = b.sweep(ctx, o, &res)
 	if err == nil {
 		res.Cursor = listStart
 	}
-	if ferr := s.releaseSweepLease(ctx, o.Owner, res, err); ferr != nil && err == nil {
+	if ferr := b.releaseSweepLease(ctx, o.Owner, res, err); ferr != nil && err == nil {
 		err = ferr
 	}
 	return res, err
 }
 
-func (s *Service) sweep(ctx context.Context, api Lister, o SweepOptions, res *SweepResult) error {
+func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) error {
+	s := b.Service
 	types := slices.Sorted(maps.Keys(handledTypes))
 	var missing []*stripeapi.Event
 	var page []*stripeapi.Event
@@ -124,7 +125,7 @@ func (s *Service) sweep(ctx context.Context, api Lister, o SweepOptions, res *Sw
 		}
 		return nil
 	}
-	for ev, err := range api.Events(ctx, stripeapi.ListParams{CreatedGTE: res.From}, types) {
+	for ev, err := range b.api.Events(ctx, stripeapi.ListParams{CreatedGTE: res.From}, types) {
 		if err != nil {
 			return fmt.Errorf("sweep: list events: %w", err)
 		}

@@ -76,12 +76,15 @@ type syncRun struct {
 // calls race it. Progress is kept after every page in stripe_sync_runs: a
 // run that was interrupted continues where it stopped, and a run that
 // finishes leaves nothing behind. A second full sync changes nothing.
-func (s *Service) Sync(ctx context.Context, api Lister, o SyncOptions) (SyncProgress, error) {
+func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 	if o.InvoicesPerCustomer <= 0 {
 		o.InvoicesPerCustomer = 10
 	}
 	if o.Workers <= 0 {
 		o.Workers = 4
+	}
+	if o.PageSize <= 0 || o.PageSize > 100 {
+		o.PageSize = 100
 	}
 	scope := "all"
 	if o.Customer != "" {
@@ -93,11 +96,11 @@ func (s *Service) Sync(ctx context.Context, api Lister, o SyncOptions) (SyncProg
 	run := &syncRun{phase: syncPhases[0]}
 	if !o.DryRun {
 		var err error
-		if run, err = s.openSyncRun(ctx, scope, o.Since); err != nil {
+		if run, err = b.openSyncRun(ctx, scope, o.Since); err != nil {
 			return SyncProgress{}, err
 		}
 	}
-	st := &syncState{s: s, api: api, o: o, run: run, start: time.Now()}
+	st := &syncState{s: b.Service, api: b.api, o: o, run: run, start: time.Now()}
 	for _, phase := range syncPhases[:3] {
 		if phaseIndex(run.phase) > phaseIndex(phase) {
 			continue
@@ -201,9 +204,9 @@ func (st *syncState) params() stripeapi.ListParams {
 	return stripeapi.ListParams{Customer: st.o.Customer, CreatedGTE: st.o.Since, StartingAfter: st.run.after, PageSize: st.o.PageSize}
 }
 
-// pages reads seq a page at a time (at most 100 objects that share an
-// answer's Date), applies each page, then saves the cursor: the id of the
-// page's last (oldest) object.
+// pages reads seq a page at a time (the objects of one answer: at most
+// PageSize, sharing its Date), applies each page, then saves the cursor: the
+// id of the page's last (oldest) object.
 func pages[T any](ctx context.Context, st *syncState, seq iter.Seq2[stripeapi.Dated[T], error], id func(T) string,
 	apply func(ctx context.Context, d stripeapi.Dated[T]) (int, error)) error {
 	var page []stripeapi.Dated[T]
@@ -225,7 +228,7 @@ func pages[T any](ctx context.Context, st *syncState, seq iter.Seq2[stripeapi.Da
 			}
 			return err
 		}
-		if len(page) > 0 && (!d.At.Equal(page[0].At) || len(page) >= max(st.o.PageSize, 100)) {
+		if len(page) > 0 && (!d.At.Equal(page[0].At) || len(page) >= st.o.PageSize) {
 			if err := flush(); err != nil {
 				return err
 			}

@@ -48,12 +48,12 @@ type storedCustomer struct {
 // store, so a webhook landing during the run is not drift, and a stored
 // snapshot newer than Stripe's answer is not either. The run is recorded
 // in stripe_verify_runs, which the drift metrics count.
-func (s *Service) Verify(ctx context.Context, api Lister, o VerifyOptions) (VerifyResult, error) {
+func (b *Bulk) Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 	started := time.Now()
 	if o.Customer != "" && !stripeapi.ValidID(o.Customer, "cus_") {
 		return VerifyResult{}, fmt.Errorf("verify: %q is not a Stripe customer id", o.Customer)
 	}
-	v := &verifier{s: s, api: api, o: o}
+	v := &verifier{s: b.Service, api: b.api, o: o}
 	if err := v.customers(ctx); err != nil {
 		return v.res, err
 	}
@@ -64,7 +64,7 @@ func (s *Service) Verify(ctx context.Context, api Lister, o VerifyOptions) (Veri
 	if o.Customer != "" {
 		scope = o.Customer
 	}
-	if err := s.recordVerify(ctx, scope, o.Repair, started, v.res); err != nil {
+	if err := b.recordVerify(ctx, scope, o.Repair, started, v.res); err != nil {
 		return v.res, err
 	}
 	return v.res, nil

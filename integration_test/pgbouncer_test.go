@@ -426,7 +426,7 @@ func TestPgBouncerSweeperLease(t *testing.T) {
 	ctx := context.Background()
 	first := make(chan error, 1)
 	go func() {
-		_, err := replicas[0].app.Bulk.Sweep(ctx, replicas[0].app.BulkAPI, billing.SweepOptions{Owner: "replica-0"})
+		_, err := replicas[0].app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "replica-0"})
 		first <- err
 	}()
 	dbtest.WaitFor(t, "replica-0 to take the lease", 30*time.Second, func() (bool, string) {
@@ -434,7 +434,7 @@ func TestPgBouncerSweeperLease(t *testing.T) {
 		return owner == "replica-0", owner
 	})
 	for i, r := range replicas[1:] {
-		_, err := r.app.Bulk.Sweep(ctx, r.app.BulkAPI, billing.SweepOptions{Owner: fmt.Sprintf("replica-%d", i+1)})
+		_, err := r.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: fmt.Sprintf("replica-%d", i+1)})
 		if !errors.Is(err, billing.ErrSweepBusy) {
 			t.Errorf("replica-%d swept while replica-0 held the lease: %v", i+1, err)
 		}

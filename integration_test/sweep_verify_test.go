@@ -95,7 +95,7 @@ func TestSweeperLease(t *testing.T) {
 VALUES ('events', 'replica-a:1:serve', now() + interval '1 minute')`); err != nil {
 		t.Fatal(err)
 	}
-	_, err := b.app.Bulk.Sweep(ctx, b.app.BulkAPI, billing.SweepOptions{Owner: "replica-b:2:serve"})
+	_, err := b.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "replica-b:2:serve"})
 	if !errors.Is(err, billing.ErrSweepBusy) || !strings.Contains(err.Error(), "replica-a") {
 		t.Fatalf("sweep under another's lease: %v, want ErrSweepBusy naming replica-a", err)
 	}
@@ -106,7 +106,7 @@ VALUES ('events', 'replica-a:1:serve', now() + interval '1 minute')`); err != ni
 	if _, err := b.db.Pool.Exec(ctx, `UPDATE stripe_sweeper SET lease_until = now() - interval '1 second'`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.app.Bulk.Sweep(ctx, b.app.BulkAPI, billing.SweepOptions{Owner: "replica-b:2:serve"}); err != nil {
+	if _, err := b.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "replica-b:2:serve"}); err != nil {
 		t.Fatalf("sweep after the lease ran out: %v", err)
 	}
 	// Racing sweepers: one at a time.
@@ -115,7 +115,7 @@ VALUES ('events', 'replica-a:1:serve', now() + interval '1 minute')`); err != ni
 	var fns []func()
 	for i := range 4 {
 		fns = append(fns, func() {
-			_, err := b.app.Bulk.Sweep(ctx, b.app.BulkAPI, billing.SweepOptions{Owner: "racer-" + string(rune('a'+i))})
+			_, err := b.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "racer-" + string(rune('a'+i))})
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -253,13 +253,13 @@ func TestConvergenceRace(t *testing.T) {
 				}
 			},
 			func() {
-				if _, err := b.app.Bulk.Sweep(ctx, b.app.BulkAPI, billing.SweepOptions{Owner: "race", Since: time.Hour}); err != nil {
+				if _, err := b.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "race", Since: time.Hour}); err != nil {
 					t.Errorf("sweep: %v", err)
 				}
 			})
 		concurrently(live...)
 		// Whatever the interleaving, one sweep now finds every missed event.
-		if _, err := b.app.Bulk.Sweep(ctx, b.app.BulkAPI, billing.SweepOptions{Owner: "race", Since: time.Hour}); err != nil {
+		if _, err := b.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "race", Since: time.Hour}); err != nil {
 			t.Fatalf("round %d: sweep: %v", round, err)
 		}
 		for _, fx := range fixtures {
@@ -385,7 +385,6 @@ WHERE a.datname = current_database() AND a.application_name LIKE 'lockstep %'
 		}
 	})
 	ctx := context.Background()
-	api := b.app.BulkAPI
 	// Same-second snapshots with other content: webhooks dated now.
 	now := b.stripe.Now().Truncate(time.Second)
 	for _, s := range a.subs {
@@ -396,20 +395,20 @@ WHERE a.datname = current_database() AND a.application_name LIKE 'lockstep %'
 			must200(t, "webhook", b.postWebhook(ev))
 		}
 	}
-	if _, err := b.app.Bulk.Sync(ctx, api, billing.SyncOptions{Workers: 1}); err != nil {
+	if _, err := b.app.Bulk.Sync(ctx, billing.SyncOptions{Workers: 1}); err != nil {
 		t.Fatalf("sync: %v", err)
 	}
 	for _, fx := range []fixture{b.paidCheckout(uniqueUser("nolock"), now)} {
 		b.checkoutEvents(fx)
 	}
-	if _, err := b.app.Bulk.Sweep(ctx, api, billing.SweepOptions{Owner: "nolock"}); err != nil {
+	if _, err := b.app.Bulk.Sweep(ctx, billing.SweepOptions{Owner: "nolock"}); err != nil {
 		t.Fatalf("sweep: %v", err)
 	}
 	for _, s := range a.subs {
 		s.CancelAtPeriodEnd = !s.CancelAtPeriodEnd
 		b.stripe.PutSubscription(s)
 	}
-	if _, err := b.app.Bulk.Verify(ctx, api, billing.VerifyOptions{Repair: true}); err != nil {
+	if _, err := b.app.Bulk.Verify(ctx, billing.VerifyOptions{Repair: true}); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 	if n := b.stripe.Requests(); n < 10 {

@@ -36,10 +36,10 @@ func BenchmarkSync(b *testing.B) {
 					opts = stripeapi.Options{Budget: stripeapi.NewBudget(rps), Share: stripeapi.Bulk}
 				}
 				api := stripeapi.NewClient(bd.stripe.URL, stripeKey, opts)
-				svc := bd.app.Billing.WithStripe(api)
+				bulk := bd.app.Billing.Bulk(api)
 				b.StartTimer()
 				start := time.Now()
-				p, err := svc.Sync(context.Background(), api, billing.SyncOptions{InvoicesPerCustomer: 2})
+				p, err := bulk.Sync(context.Background(), billing.SyncOptions{InvoicesPerCustomer: 2})
 				elapsed += time.Since(start)
 				if err != nil {
 					b.Fatalf("sync: %v", err)
