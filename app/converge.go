@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -43,23 +42,6 @@ type bulk struct {
 	close func()
 }
 
-// newFlags is a flag set that reports errors as one-line usage errors.
-func newFlags(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	return fs
-}
-
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return &UsageError{Msg: fmt.Sprintf("%s: %v", fs.Name(), err)}
-	}
-	if fs.NArg() > 0 {
-		return &UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
-	}
-	return nil
-}
-
 // parseSince reads --since: a time (RFC 3339 or a date, 2026-01-31) or an
 // age (72h, 30d) counted back from now.
 func parseSince(s string, now time.Time) (time.Time, error) {
@@ -86,7 +68,11 @@ func checkCustomerFlag(cmd, id string) error {
 }
 
 func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	fs := newFlags("sync")
+	fs := newFlags("sync", `usage: lockstep sync [--customer cus_...] [--since T] [--dry-run] [--invoices N] [--page-size N]
+
+Backfills customers, subscriptions and invoices from Stripe's lists, each
+under its customer's lock; run again to continue an interrupted sync.
+`, env)
 	customer := fs.String("customer", "", "")
 	since := fs.String("since", "", "")
 	dryRun := fs.Bool("dry-run", false, "")
@@ -159,7 +145,11 @@ func rate(n int64, d time.Duration) float64 {
 }
 
 func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	fs := newFlags("verify")
+	fs := newFlags("verify", `usage: lockstep verify [--customer cus_...] [--repair]
+
+Compares stored customers, mappings and subscriptions with Stripe's, one line
+per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
+`, env)
 	customer := fs.String("customer", "", "")
 	repair := fs.Bool("repair", false, "")
 	if err := parseFlags(fs, args); err != nil {
@@ -199,7 +189,11 @@ func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 }
 
 func sweepCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	fs := newFlags("sweep")
+	fs := newFlags("sweep", `usage: lockstep sweep [--since AGE]
+
+One pass of the missed-event sweeper over Stripe's Events API, from the stored
+cursor or AGE back (at most 30d).
+`, env)
 	since := fs.String("since", "", "")
 	if err := parseFlags(fs, args); err != nil {
 		return err

@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -36,6 +38,37 @@ func openForCommand(ctx context.Context, env Env, needs config.Needs, maxConns i
 		return nil, nil, err
 	}
 	return cfg, pool, nil
+}
+
+// commandFlags is a command's flag set and what -h prints.
+type commandFlags struct {
+	*flag.FlagSet
+	usage string
+	out   io.Writer
+}
+
+// newFlags is a flag set whose errors are one-line usage errors and whose
+// -h prints usage on stdout.
+func newFlags(name, usage string, env Env) *commandFlags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return &commandFlags{FlagSet: fs, usage: usage, out: env.Stdout}
+}
+
+// parseFlags parses args, which may hold flags only. After -h it returns
+// an ExitError of code 0, which ends the command quietly.
+func parseFlags(fs *commandFlags, args []string) error {
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		_, _ = io.WriteString(fs.out, fs.usage)
+		return &ExitError{Code: 0}
+	case err != nil:
+		return &UsageError{Msg: fmt.Sprintf("%s: %v", fs.Name(), err)}
+	case fs.NArg() > 0:
+		return &UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	}
+	return nil
 }
 
 // lockManager is the lock manager serve and every command write through,

@@ -3,9 +3,7 @@ package app
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"strings"
@@ -28,19 +26,11 @@ are never deleted. AGE is a duration such as 90d or 2160h, at least 1d.
 `
 
 func pruneCmd(ctx context.Context, args []string, env Env) error {
-	fs := flag.NewFlagSet("prune", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlags("prune", pruneUsage, env)
 	olderThan := fs.String("older-than", "", "")
 	dryRun := fs.Bool("dry-run", false, "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			_, _ = io.WriteString(env.Stdout, pruneUsage)
-			return nil
-		}
-		return &UsageError{Msg: "prune: " + err.Error()}
-	}
-	if fs.NArg() > 0 {
-		return &UsageError{Msg: fmt.Sprintf("prune: unexpected argument %q", fs.Arg(0))}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	age, err := parseRetention(*olderThan)
 	if err != nil {

@@ -193,6 +193,11 @@ func TestSyncDryRunCustomerAndSince(t *testing.T) {
 		t.Fatalf("sync --since 13m stored %d customers, want the few created since (and the one before)", n)
 	}
 
+	for _, cmd := range []string{"sync", "verify", "sweep"} {
+		if out, code := b.cli(context.Background(), nil, cmd, "-h"); code != 0 || !strings.HasPrefix(out, "usage: lockstep "+cmd) {
+			t.Fatalf("%s -h: exit %d, want 0 and its usage:\n%s", cmd, code, out)
+		}
+	}
 	for _, args := range [][]string{{"sync", "--since", "yesterday"}, {"sync", "--customer", "bob"}, {"sync", "extra"},
 		{"sync", "--invoices", "0"}, {"verify", "--customer", "x"}, {"sweep", "--since", "40d"}, {"sweep", "--nope"}} {
 		out, code := b.cli(context.Background(), nil, args...)
