@@ -81,24 +81,12 @@ func (c *Client) Invoices(ctx context.Context, p ListParams) iter.Seq2[Dated[*In
 // so that one list keeps its order and p.StartingAfter its meaning. The
 // events list has no customer filter: p.Customer set is an error.
 func (c *Client) Events(ctx context.Context, p ListParams, types []string) iter.Seq2[*Event, error] {
-	return func(yield func(*Event, error) bool) {
-		for ev, err := range c.DatedEvents(ctx, p, types) {
-			if !yield(ev.Obj, err) || err != nil {
-				return
-			}
-		}
-	}
-}
-
-// DatedEvents is Events with each event dated by its page's Date header,
-// Stripe's time when the page was read.
-func (c *Client) DatedEvents(ctx context.Context, p ListParams, types []string) iter.Seq2[Dated[*Event], error] {
 	if p.Customer != "" {
-		return func(yield func(Dated[*Event], error) bool) {
-			yield(Dated[*Event]{}, errors.New("list /v1/events: stripe's events list has no customer filter"))
+		return func(yield func(*Event, error) bool) {
+			yield(nil, errors.New("list /v1/events: stripe's events list has no customer filter"))
 		}
 	}
-	var want map[string]bool
+	var want map[string]bool // nil: Stripe filters by types[]
 	typesFilter := func(f *stripe.Filters) {
 		for _, t := range types {
 			f.AddFilter("types[]", "", t)
@@ -111,15 +99,12 @@ func (c *Client) DatedEvents(ctx context.Context, p ListParams, types []string) 
 		}
 	}
 	events := list(ctx, c, "/v1/events", p, typesFilter, ParseEvent, func(e *Event) string { return e.ID })
-	if want == nil {
-		return events
-	}
-	return func(yield func(Dated[*Event], error) bool) {
+	return func(yield func(*Event, error) bool) {
 		for ev, err := range events {
-			if err == nil && !want[ev.Obj.Type] {
+			if err == nil && want != nil && !want[ev.Obj.Type] {
 				continue
 			}
-			if !yield(ev, err) || err != nil {
+			if !yield(ev.Obj, err) || err != nil {
 				return
 			}
 		}
