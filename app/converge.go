@@ -106,7 +106,7 @@ under its customer's lock; run again to continue an interrupted sync.
 		verb = "would write"
 	}
 	p, err := b.Sync(ctx, billing.SyncOptions{
-		Customer: *customer, Since: cut, DryRun: *dryRun, InvoicesPerCustomer: *invoices, PageSize: *pageSize,
+		Customer: *customer, Since: cut, SinceAsked: *since, DryRun: *dryRun, InvoicesPerCustomer: *invoices, PageSize: *pageSize,
 		Progress: func(p billing.SyncProgress) { progress.show(syncLine(p)) },
 		Change: func(c billing.Change) {
 			if *dryRun {

@@ -29,6 +29,9 @@ type Lister interface {
 type SyncOptions struct {
 	Customer string    // one customer; "" for the whole account
 	Since    time.Time // only objects created since; zero for all
+	// SinceAsked is how Since was asked for ("30d", "2026-01-31"): an
+	// interrupted run asked for the same way continues, with its own cut.
+	SinceAsked string
 	DryRun   bool      // say what would change, write nothing (and keep no cursor)
 	// InvoicesPerCustomer is how many of each customer's newest invoices
 	// are kept when Since is zero (default 10). With Since, every invoice
@@ -68,6 +71,7 @@ type syncRun struct {
 	read    int64
 	written int64
 	resumed bool
+	since   time.Time // the cut the run was started with
 }
 
 // Sync backfills customers, subscriptions and invoices from Stripe's list
@@ -96,9 +100,10 @@ func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 	run := &syncRun{phase: syncPhases[0]}
 	if !o.DryRun {
 		var err error
-		if run, err = b.openSyncRun(ctx, scope, o.Since); err != nil {
+		if run, err = b.openSyncRun(ctx, scope, o.Since, o.SinceAsked); err != nil {
 			return SyncProgress{}, err
 		}
+		o.Since = run.since
 	}
 	st := &syncState{s: b.Service, api: b.api, o: o, run: run, start: time.Now()}
 	for _, phase := range syncPhases[:3] {
@@ -141,22 +146,26 @@ func phaseIndex(p string) int {
 	return 0
 }
 
-// openSyncRun continues the unfinished run of this scope and cut, or
-// starts one.
-func (s *Service) openSyncRun(ctx context.Context, scope string, since time.Time) (*syncRun, error) {
+// openSyncRun continues the unfinished run of this scope and cut (as it
+// was asked for), or starts one.
+func (s *Service) openSyncRun(ctx context.Context, scope string, since time.Time, asked string) (*syncRun, error) {
 	const q = `
 WITH found AS (
-    SELECT id, phase, after, read, written, true AS resumed FROM stripe_sync_runs
-    WHERE scope = $1 AND since IS NOT DISTINCT FROM $2 AND finished_at IS NULL
+    SELECT id, phase, after, read, written, true AS resumed, since FROM stripe_sync_runs
+    WHERE scope = $1 AND since_asked = $3 AND finished_at IS NULL
 ), made AS (
-    INSERT INTO stripe_sync_runs (scope, since, phase)
-    SELECT $1, $2, 'customers' WHERE NOT EXISTS (SELECT 1 FROM found)
+    INSERT INTO stripe_sync_runs (scope, since, since_asked, phase)
+    SELECT $1, $2, $3, 'customers' WHERE NOT EXISTS (SELECT 1 FROM found)
     ON CONFLICT DO NOTHING
-    RETURNING id, phase, after, read, written, false AS resumed
+    RETURNING id, phase, after, read, written, false AS resumed, since
 )
 SELECT * FROM found UNION ALL SELECT * FROM made`
 	r := &syncRun{}
-	err := s.db.QueryRow(ctx, q, scope, nullTime(since)).Scan(&r.id, &r.phase, &r.after, &r.read, &r.written, &r.resumed)
+	var cut *time.Time
+	err := s.db.QueryRow(ctx, q, scope, nullTime(since), asked).Scan(&r.id, &r.phase, &r.after, &r.read, &r.written, &r.resumed, &cut)
+	if cut != nil {
+		r.since = *cut
+	}
 	if isNoRows(err) {
 		return nil, errors.New("sync: another sync of the same scope started at the same moment; run again")
 	}

@@ -214,7 +214,8 @@ func TestSyncResumesAfterInterrupt(t *testing.T) {
 	a := seedAccount(b, 250)
 
 	// Interrupt the first run at its fourth list page (the subscriptions'
-	// first), as SIGINT would.
+	// first), as SIGINT would. The cut is an age, which names another
+	// moment when the run continues: it continues with its first cut.
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	lists := 0
@@ -228,7 +229,7 @@ func TestSyncResumesAfterInterrupt(t *testing.T) {
 			cancel()
 		}
 	})
-	out, code := b.cli(ctx, nil, "sync")
+	out, code := b.cli(ctx, nil, "sync", "--since", "30d")
 	b.stripe.SetOnRequest(nil)
 	if code != 130 || !strings.Contains(out, "run it again to continue") {
 		t.Fatalf("interrupted sync: exit %d, want 130 and a hint:\n%s", code, out)
@@ -238,7 +239,8 @@ func TestSyncResumesAfterInterrupt(t *testing.T) {
 		t.Fatalf("the interrupted run stands in %s", phase)
 	}
 	before := b.stripe.Requests()
-	out, code = b.cli(context.Background(), nil, "sync")
+	time.Sleep(1100 * time.Millisecond) // "30d" is now a later second
+	out, code = b.cli(context.Background(), nil, "sync", "--since", "30d")
 	if code != 0 || !strings.Contains(out, "continued an interrupted run") {
 		t.Fatalf("second sync: exit %d, want 0 and a resumed run:\n%s", code, out)
 	}

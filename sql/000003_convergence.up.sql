@@ -5,12 +5,16 @@
 
 -- One row per `lockstep sync` run that has not finished, so an interrupted
 -- run continues where it stopped. scope is "all" or a customer id; since
--- is the --since cut (NULL: everything); phase and after say where it is:
+-- is the --since cut (NULL: everything) and since_asked how the operator
+-- gave it ("30d", "2026-01-31"): a run asked for the same way continues,
+-- with its first cut, though "30d" names another moment by then. phase and
+-- after say where it is:
 -- the list being read and the id of the last object handled in it.
 CREATE TABLE stripe_sync_runs (
     id          bigserial PRIMARY KEY,
     scope       text NOT NULL CHECK (scope <> '' AND length(scope) <= 255),
     since       timestamptz,
+    since_asked text NOT NULL DEFAULT '' CHECK (length(since_asked) <= 64),
     phase       text NOT NULL CHECK (phase IN ('customers', 'subscriptions', 'invoices', 'done')),
     after       text NOT NULL DEFAULT '',
     read        bigint NOT NULL DEFAULT 0,
@@ -20,7 +24,7 @@ CREATE TABLE stripe_sync_runs (
     finished_at timestamptz
 );
 -- At most one unfinished run per scope and cut.
-CREATE UNIQUE INDEX stripe_sync_runs_open_idx ON stripe_sync_runs (scope, coalesce(since, '-infinity'))
+CREATE UNIQUE INDEX stripe_sync_runs_open_idx ON stripe_sync_runs (scope, since_asked)
     WHERE finished_at IS NULL;
 
 -- The sweeper of Stripe's Events API. cursor is Stripe's time up to which
