@@ -29,6 +29,9 @@ var (
 	ErrUserNotFound     = errors.New("no billing record for user")
 	ErrEventNotFound    = errors.New("event not found")
 	ErrInvalidUser      = errors.New("invalid user id")
+	// ErrUnsettled: a subscription's same-second snapshots kept changing
+	// while lockstep asked Stripe to settle them. Trying again settles it.
+	ErrUnsettled = errors.New("same-second subscription snapshots kept changing")
 )
 
 // DBTX is what repository functions need; *pgxpool.Pool, pgx.Tx and lockmgr.Tx

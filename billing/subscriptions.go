@@ -131,8 +131,9 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`
 // maxSettles bounds how many times one write asks Stripe to settle a tie:
 // each settling fetch is newer than the row it settles, so a second tie
 // needs another writer storing a third snapshot of the same second in
-// between, and a third is not worth waiting for (the write fails, and is
-// retried by Stripe's redelivery, the sweeper or a replay).
+// between, and a third is not worth waiting for: the write fails with
+// ErrUnsettled (a 503: Stripe's redelivery, the sweeper or a replay tries
+// again).
 const maxSettles = 3
 
 // settleTies runs write, and while it ends in a tie, fetches the
@@ -153,6 +154,10 @@ func (s *Service) settleTies(ctx context.Context, write func(fresh *snapshot) er
 		s.log.InfoContext(ctx, "same-second subscription snapshots settled from the api",
 			slog.String("subscription", tie.subscriptionID))
 		err = write(&snapshot{sub: sub, at: at, source: "api", settles: tie.storedVersion})
+	}
+	var tie *tieError
+	if errors.As(err, &tie) {
+		return fmt.Errorf("%w: subscription %s, after %d reads from Stripe", ErrUnsettled, tie.subscriptionID, maxSettles)
 	}
 	return err
 }

@@ -32,7 +32,7 @@ type SyncOptions struct {
 	// SinceAsked is how Since was asked for ("30d", "2026-01-31"): an
 	// interrupted run asked for the same way continues, with its own cut.
 	SinceAsked string
-	DryRun   bool      // say what would change, write nothing (and keep no cursor)
+	DryRun     bool // say what would change, write nothing (and keep no cursor)
 	// InvoicesPerCustomer is how many of each customer's newest invoices
 	// are kept when Since is zero (default 10). With Since, every invoice
 	// created since is.

@@ -33,7 +33,8 @@ func status(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, stripeapi.ErrUnavailable):
 		return http.StatusBadGateway, "stripe api unavailable, try again"
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), lockmgr.IsTransient(err):
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), lockmgr.IsTransient(err),
+		errors.Is(err, billing.ErrUnsettled):
 		return http.StatusServiceUnavailable, "temporarily unavailable, try again"
 	}
 	return http.StatusInternalServerError, "internal error"
