@@ -17,7 +17,8 @@ import (
 // Stripe calls per second (sync draws on its bulk share) and with no
 // budget, where PostgreSQL and lockstep set the pace.
 //
-//	make bench-go BENCH_GO_FLAGS='-run ^$ -bench BenchmarkSync -benchtime 1x ./integration_test/'
+//	TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+//	  go test -run '^$' -bench BenchmarkSync -benchtime 1x ./integration_test/
 func BenchmarkSync(b *testing.B) {
 	for _, rps := range []int{20, 0} {
 		name := fmt.Sprintf("budget=%d", rps)
