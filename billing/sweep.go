@@ -215,7 +215,7 @@ WHERE name = $1 AND lease_owner = $2`, sweeperName, o.Owner, o.Lease.Seconds())
 func (s *Service) releaseSweepLease(ctx context.Context, owner string, res SweepResult, passErr error) error {
 	const q = `UPDATE stripe_sweeper SET lease_until = NULL, last_run_at = now(),
     cursor = CASE WHEN $3::timestamptz IS NULL THEN cursor ELSE greatest(cursor, $3) END,
-    last_error = $4, recovered = recovered + $5
+    last_error = $4
 WHERE name = $1 AND lease_owner = $2`
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -224,7 +224,7 @@ WHERE name = $1 AND lease_owner = $2`
 		msg := truncate(passErr.Error(), maxErrorLen)
 		lastErr = &msg
 	}
-	if _, err := s.db.Exec(ctx, q, sweeperName, owner, nullTime(res.Cursor), lastErr, res.Recovered); err != nil {
+	if _, err := s.db.Exec(ctx, q, sweeperName, owner, nullTime(res.Cursor), lastErr); err != nil {
 		return fmt.Errorf("sweep: release lease: %w", err)
 	}
 	return nil

@@ -79,6 +79,16 @@ func TestSweeperRecoversMissedEvents(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "0 missing from the ledger") {
 		t.Fatalf("second sweep: exit %d, want nothing missing:\n%s", code, out)
 	}
+	// A pass that fails keeps the cursor where it was and says why.
+	cursor := b.scalar(`SELECT cursor::text FROM stripe_sweeper`)
+	b.stripe.FailNext(10, 500)
+	out, code = b.cli(context.Background(), nil, "sweep")
+	b.stripe.FailNext(0, 0)
+	if code != 1 || b.scalar(`SELECT cursor::text FROM stripe_sweeper`) != cursor ||
+		!strings.Contains(b.scalar(`SELECT last_error FROM stripe_sweeper`), "list events") {
+		t.Fatalf("a failed sweep: exit %d, cursor %s (was %s), last_error %s:\n%s", code,
+			b.scalar(`SELECT cursor::text FROM stripe_sweeper`), cursor, b.scalar(`SELECT last_error FROM stripe_sweeper`), out)
+	}
 	// serve exports the sweep's lag once a cursor is stored.
 	if lag, ok := scrapeMetrics(t, b).get("lockstep_sweep_lag_seconds", nil); !ok || lag < 0 || lag > 60 {
 		t.Fatalf("lockstep_sweep_lag_seconds = %v (exported: %v) after a sweep just now", lag, ok)

@@ -38,8 +38,7 @@ CREATE TABLE stripe_sweeper (
     lease_owner text,
     lease_until timestamptz,
     last_run_at timestamptz,
-    last_error  text,
-    recovered   bigint NOT NULL DEFAULT 0
+    last_error  text
 );
 
 -- One row per `lockstep verify` run: the differences it found and mended,
