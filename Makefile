@@ -58,7 +58,7 @@ fuzz: ## run each fuzz target in FUZZ_TARGETS for FUZZTIME (default 20s)
 fuzz-each:
 	@set -eo pipefail; for target in $(FUZZ_TARGETS); do \
 		pkg=$${target%%:*}; name=$${target#*:}; \
-		if ! $(GO) test -list "^$$name\$$" "$$pkg" | grep -qx "$$name"; then \
+		if ! $(GO) test -list "^$$name\$$" "$$pkg" | grep -x "$$name" >/dev/null; then \
 			echo "fuzz target $$name not found in $$pkg (FUZZ_TARGETS)"; exit 1; \
 		fi; \
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
