@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/lockstep/lockstep/userid"
@@ -182,13 +183,16 @@ type sessionWire = struct {
 
 // Subscription is the part of a subscription lockstep stores.
 type Subscription struct {
-	ID                string
-	CustomerID        string
-	Status            string
-	PriceID           string
-	CurrentPeriodEnd  time.Time // zero when Stripe gave none
-	CancelAtPeriodEnd bool
-	Created           time.Time
+	ID                 string
+	CustomerID         string
+	Status             string // as Stripe names it, values it adds later included
+	PriceID            string
+	CurrentPeriodStart time.Time // zero when Stripe gave none
+	CurrentPeriodEnd   time.Time // zero when Stripe gave none
+	TrialEnd           time.Time // zero when there is no trial
+	CancelAtPeriodEnd  bool
+	LatestInvoiceID    string // "" when Stripe gave none
+	Created            time.Time
 }
 
 // Terminal reports whether a subscription in this status can never change
@@ -197,9 +201,42 @@ func Terminal(status string) bool {
 	return status == "canceled" || status == "incomplete_expired"
 }
 
-var subscriptionStatuses = map[string]bool{
-	"incomplete": true, "incomplete_expired": true, "trialing": true, "active": true,
-	"past_due": true, "canceled": true, "unpaid": true, "paused": true,
+// SubscriptionStatuses are the subscription statuses Stripe documents
+// today. Stripe adds values: one not listed here is stored as Stripe names
+// it (KnownSubscriptionStatus tells them apart, for a metric and a warning),
+// and the access decision gives it no access.
+var SubscriptionStatuses = []string{"incomplete", "incomplete_expired", "trialing", "active",
+	"past_due", "canceled", "unpaid", "paused"}
+
+// KnownSubscriptionStatus reports whether status is one Stripe documents today.
+func KnownSubscriptionStatus(status string) bool {
+	for _, s := range SubscriptionStatuses {
+		if s == status {
+			return true
+		}
+	}
+	return false
+}
+
+// maxEnumLength bounds a status or other enum value lockstep stores. It is
+// not a list of allowed values: Stripe adds values, and lockstep stores
+// them as Stripe names them.
+const maxEnumLength = 64
+
+// validEnum reports whether s can be stored as an enum value: not empty, at
+// most maxEnumLength, and only lower-case letters, digits and underscores,
+// as every Stripe enum is.
+func validEnum(s string) bool {
+	if s == "" || len(s) > maxEnumLength {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseSubscription parses a subscription object of any API version:
@@ -222,16 +259,22 @@ func parseSubscription(b []byte, fast bool) (*Subscription, error) {
 	if !ValidID(w.Customer.ID, "cus_") {
 		return nil, fmt.Errorf("%w: subscription %s: bad customer id", ErrMalformed, w.ID)
 	}
-	if !subscriptionStatuses[w.Status] {
-		return nil, fmt.Errorf("%w: subscription %s: unknown status %.40q", ErrMalformed, w.ID, w.Status)
+	if !validEnum(w.Status) {
+		return nil, fmt.Errorf("%w: subscription %s: bad status %.40q", ErrMalformed, w.ID, w.Status)
+	}
+	if w.LatestInvoice.ID != "" && !ValidID(w.LatestInvoice.ID, "in_") {
+		return nil, fmt.Errorf("%w: subscription %s: bad latest_invoice", ErrMalformed, w.ID)
 	}
 	s := &Subscription{
-		ID:                w.ID,
-		CustomerID:        w.Customer.ID,
-		Status:            w.Status,
-		CancelAtPeriodEnd: w.CancelAtPeriodEnd,
-		CurrentPeriodEnd:  unixTime(w.CurrentPeriodEnd),
-		Created:           unixTime(w.Created),
+		ID:                 w.ID,
+		CustomerID:         w.Customer.ID,
+		Status:             w.Status,
+		CancelAtPeriodEnd:  w.CancelAtPeriodEnd,
+		CurrentPeriodStart: unixTime(w.CurrentPeriodStart),
+		CurrentPeriodEnd:   unixTime(w.CurrentPeriodEnd),
+		TrialEnd:           unixTime(w.TrialEnd),
+		LatestInvoiceID:    w.LatestInvoice.ID,
+		Created:            unixTime(w.Created),
 	}
 	for i, it := range w.Items.Data {
 		if i == 0 && it.Price.ID != "" {
@@ -245,6 +288,11 @@ func parseSubscription(b []byte, fast bool) (*Subscription, error) {
 				s.CurrentPeriodEnd = end
 			}
 		}
+		if w.CurrentPeriodStart == 0 && it.CurrentPeriodStart > 0 {
+			if start := unixTime(it.CurrentPeriodStart); start.After(s.CurrentPeriodStart) {
+				s.CurrentPeriodStart = start
+			}
+		}
 	}
 	return s, nil
 }
@@ -255,10 +303,13 @@ type subscriptionWire = struct {
 	Object            string     `json:"object"`
 	Customer          expandable `json:"customer"`
 	Status            string     `json:"status"`
-	CancelAtPeriodEnd bool       `json:"cancel_at_period_end"`
-	CurrentPeriodEnd  int64      `json:"current_period_end"`
-	Created           int64      `json:"created"`
-	Items             itemList   `json:"items"`
+	CancelAtPeriodEnd  bool       `json:"cancel_at_period_end"`
+	CurrentPeriodStart int64      `json:"current_period_start"`
+	CurrentPeriodEnd   int64      `json:"current_period_end"`
+	TrialEnd           int64      `json:"trial_end"`
+	LatestInvoice      expandable `json:"latest_invoice"`
+	Created            int64      `json:"created"`
+	Items              itemList   `json:"items"`
 }
 
 type itemList = struct {
@@ -266,8 +317,9 @@ type itemList = struct {
 }
 
 type subscriptionItem = struct {
-	Price            expandable `json:"price"`
-	CurrentPeriodEnd int64      `json:"current_period_end"`
+	Price              expandable `json:"price"`
+	CurrentPeriodStart int64      `json:"current_period_start"`
+	CurrentPeriodEnd   int64      `json:"current_period_end"`
 }
 
 // Customer is the part of a customer lockstep stores.
@@ -318,8 +370,14 @@ type Invoice struct {
 	AmountDue      int64
 	AmountPaid     int64
 	Currency       string
-	Created        time.Time
+	// HostedInvoiceURL is Stripe's page where the customer pays or
+	// confirms the invoice; "" until the invoice is finalized.
+	HostedInvoiceURL string
+	Created          time.Time
 }
+
+// maxURLLength bounds a URL lockstep stores (hosted_invoice_url).
+const maxURLLength = 2048
 
 // ParseInvoice parses an invoice of any API version: the subscription is
 // invoice.subscription before 2025-03-31 and
@@ -352,6 +410,13 @@ func parseInvoice(b []byte, fast bool) (*Invoice, error) {
 	if w.Status != nil && *w.Status != "" {
 		inv.Status = *w.Status
 	}
+	if w.HostedInvoiceURL != nil {
+		u := *w.HostedInvoiceURL
+		if len(u) > maxURLLength || !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
+			return nil, fmt.Errorf("%w: invoice %s: bad hosted_invoice_url", ErrMalformed, w.ID)
+		}
+		inv.HostedInvoiceURL = u
+	}
 	if len(inv.Status) > 40 || len(inv.Currency) > 10 || len(inv.SubscriptionID) > MaxIDLength {
 		return nil, fmt.Errorf("%w: invoice %s: field too long", ErrMalformed, w.ID)
 	}
@@ -370,6 +435,8 @@ type invoiceWire = struct {
 	AmountPaid   int64          `json:"amount_paid"`
 	Currency     string         `json:"currency"`
 	Created      int64          `json:"created"`
+
+	HostedInvoiceURL *string `json:"hosted_invoice_url"`
 }
 
 type invoiceParent = struct {

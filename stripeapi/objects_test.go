@@ -56,7 +56,8 @@ func TestParseRejects(t *testing.T) {
 		json  string
 	}{
 		{"subscription without customer", subErr, `{"id":"sub_1","object":"subscription","customer":null,"status":"active"}`},
-		{"subscription with unknown status", subErr, `{"id":"sub_1","object":"subscription","customer":"cus_1","status":"zombie"}`},
+		{"subscription with a status no enum can be", subErr, `{"id":"sub_1","object":"subscription","customer":"cus_1","status":"Robert'); DROP"}`},
+		{"subscription with an empty status", subErr, `{"id":"sub_1","object":"subscription","customer":"cus_1","status":""}`},
 		{"subscription with wrong object", subErr, `{"id":"sub_1","object":"invoice","customer":"cus_1","status":"active"}`},
 		{"subscription id with quotes", subErr, `{"id":"sub_1'--","object":"subscription","customer":"cus_1","status":"active"}`},
 		{"customer id too long", custErr, `{"id":"cus_` + string(make([]byte, 300)) + `","object":"customer"}`},

@@ -596,7 +596,7 @@ func scanSession(s *scanner, depth int, w *sessionWire) bool {
 }
 
 var subscriptionFields = []string{"id", "object", "customer", "status", "cancel_at_period_end",
-	"current_period_end", "created", "items"}
+	"current_period_start", "current_period_end", "trial_end", "latest_invoice", "created", "items"}
 
 func scanSubscription(s *scanner, depth int, w *subscriptionWire) bool {
 	return s.fields(depth, subscriptionFields, func(name string) bool {
@@ -611,8 +611,14 @@ func scanSubscription(s *scanner, depth int, w *subscriptionWire) bool {
 			return s.stringInto(&w.Status)
 		case "cancel_at_period_end":
 			return s.boolInto(&w.CancelAtPeriodEnd)
+		case "current_period_start":
+			return s.intInto(&w.CurrentPeriodStart)
 		case "current_period_end":
 			return s.intInto(&w.CurrentPeriodEnd)
+		case "trial_end":
+			return s.intInto(&w.TrialEnd)
+		case "latest_invoice":
+			return s.expandableInto(&w.LatestInvoice, depth+1)
 		case "created":
 			return s.intInto(&w.Created)
 		case "items":
@@ -646,13 +652,15 @@ func scanItemList(s *scanner, depth int, l *itemList) bool {
 	})
 }
 
-var subscriptionItemFields = []string{"price", "current_period_end"}
+var subscriptionItemFields = []string{"price", "current_period_start", "current_period_end"}
 
 func scanSubscriptionItem(s *scanner, depth int, it *subscriptionItem) bool {
 	return s.fields(depth, subscriptionItemFields, func(name string) bool {
 		switch name {
 		case "price":
 			return s.expandableInto(&it.Price, depth+1)
+		case "current_period_start":
+			return s.intInto(&it.CurrentPeriodStart)
 		case "current_period_end":
 			return s.intInto(&it.CurrentPeriodEnd)
 		}
@@ -681,7 +689,7 @@ func scanCustomer(s *scanner, depth int, w *customerWire) bool {
 }
 
 var invoiceFields = []string{"id", "object", "customer", "subscription", "parent",
-	"status", "amount_due", "amount_paid", "currency", "created"}
+	"status", "amount_due", "amount_paid", "currency", "created", "hosted_invoice_url"}
 
 func scanInvoice(s *scanner, depth int, w *invoiceWire) bool {
 	return s.fields(depth, invoiceFields, func(name string) bool {
@@ -711,6 +719,8 @@ func scanInvoice(s *scanner, depth int, w *invoiceWire) bool {
 			return s.stringInto(&w.Currency)
 		case "created":
 			return s.intInto(&w.Created)
+		case "hosted_invoice_url":
+			return s.stringPtrInto(&w.HostedInvoiceURL)
 		}
 		return false
 	})

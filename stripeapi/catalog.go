@@ -1,0 +1,269 @@
+package stripeapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"net/url"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+)
+
+// Product is the part of a product lockstep stores: what names a plan.
+type Product struct {
+	ID      string
+	Name    string
+	Active  bool
+	Deleted bool // set by product.deleted, or a deleted product's stub
+	Created time.Time
+}
+
+// Price is the part of a price lockstep stores: what a subscription's
+// plan is billed by, and the lookup key apps gate on.
+type Price struct {
+	ID            string
+	ProductID     string
+	LookupKey     string // "" when the price has none
+	Active        bool
+	Deleted       bool
+	Currency      string
+	UnitAmount    *int64 // nil for tiered or custom prices
+	Interval      string // day, week, month, year; "" for a one-time price
+	IntervalCount int64
+	Created       time.Time
+}
+
+// Entitlement is one of a customer's active Stripe Entitlements: a feature
+// the customer has, named by the feature's lookup key.
+type Entitlement struct {
+	ID        string // ent_...
+	FeatureID string // feat_...
+	LookupKey string
+}
+
+// EntitlementSummary is the object of an
+// entitlements.active_entitlement_summary.updated event: a customer's
+// active entitlements, at most one page of them. When HasMore is set, the
+// whole set must be read from the active entitlements list.
+type EntitlementSummary struct {
+	CustomerID   string
+	Entitlements []Entitlement
+	HasMore      bool
+}
+
+// ParseProduct parses a product object (or a deleted product's stub).
+func ParseProduct(b []byte) (*Product, error) {
+	w, err := unmarshalWire[productWire](b, "product")
+	if err != nil {
+		return nil, err
+	}
+	if w.Object != "product" || !ValidID(w.ID, "prod_") {
+		return nil, fmt.Errorf("%w: product: bad object or id", ErrMalformed)
+	}
+	if len(w.Name) > 1024 {
+		return nil, fmt.Errorf("%w: product %s: name too long", ErrMalformed, w.ID)
+	}
+	p := &Product{ID: w.ID, Name: w.Name, Deleted: w.Deleted, Active: !w.Deleted, Created: unixTime(w.Created)}
+	if w.Active != nil {
+		p.Active = *w.Active && !w.Deleted
+	}
+	return p, nil
+}
+
+type productWire = struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Name    string `json:"name"`
+	Active  *bool  `json:"active"`
+	Deleted bool   `json:"deleted"`
+	Created int64  `json:"created"`
+}
+
+// ParsePrice parses a price object (or a deleted price's stub, which
+// names no product: ProductID is then "").
+func ParsePrice(b []byte) (*Price, error) {
+	w, err := unmarshalWire[priceWire](b, "price")
+	if err != nil {
+		return nil, err
+	}
+	if w.Object != "price" || !ValidID(w.ID, "price_") && !ValidID(w.ID, "plan_") {
+		return nil, fmt.Errorf("%w: price: bad object or id", ErrMalformed)
+	}
+	if w.Product.ID != "" && !ValidID(w.Product.ID, "prod_") {
+		return nil, fmt.Errorf("%w: price %s: bad product id", ErrMalformed, w.ID)
+	}
+	if w.Product.ID == "" && !w.Deleted {
+		return nil, fmt.Errorf("%w: price %s: names no product", ErrMalformed, w.ID)
+	}
+	p := &Price{
+		ID: w.ID, ProductID: w.Product.ID, Active: !w.Deleted, Deleted: w.Deleted,
+		Currency: w.Currency, UnitAmount: w.UnitAmount, Created: unixTime(w.Created),
+	}
+	if w.Active != nil {
+		p.Active = *w.Active && !w.Deleted
+	}
+	if w.LookupKey != nil {
+		p.LookupKey = *w.LookupKey
+	}
+	if w.Recurring != nil {
+		p.Interval, p.IntervalCount = w.Recurring.Interval, w.Recurring.IntervalCount
+		if p.Interval != "" && !validEnum(p.Interval) {
+			return nil, fmt.Errorf("%w: price %s: bad recurring.interval", ErrMalformed, w.ID)
+		}
+	}
+	if len(p.LookupKey) > 200 || len(p.Currency) > 10 {
+		return nil, fmt.Errorf("%w: price %s: field too long", ErrMalformed, w.ID)
+	}
+	return p, nil
+}
+
+type priceWire = struct {
+	ID         string     `json:"id"`
+	Object     string     `json:"object"`
+	Product    expandable `json:"product"`
+	LookupKey  *string    `json:"lookup_key"`
+	Active     *bool      `json:"active"`
+	Deleted    bool       `json:"deleted"`
+	Currency   string     `json:"currency"`
+	UnitAmount *int64     `json:"unit_amount"`
+	Recurring  *struct {
+		Interval      string `json:"interval"`
+		IntervalCount int64  `json:"interval_count"`
+	} `json:"recurring"`
+	Created int64 `json:"created"`
+}
+
+// ParseEntitlement parses an entitlements.active_entitlement object.
+func ParseEntitlement(b []byte) (*Entitlement, error) {
+	w, err := unmarshalWire[entitlementWire](b, "active entitlement")
+	if err != nil {
+		return nil, err
+	}
+	return entitlementOf(w)
+}
+
+func entitlementOf(w entitlementWire) (*Entitlement, error) {
+	if w.Object != "entitlements.active_entitlement" || !ValidID(w.ID, "ent_") {
+		return nil, fmt.Errorf("%w: active entitlement: bad object or id", ErrMalformed)
+	}
+	if !ValidID(w.Feature.ID, "feat_") {
+		return nil, fmt.Errorf("%w: active entitlement %s: bad feature id", ErrMalformed, w.ID)
+	}
+	if w.LookupKey == "" || len(w.LookupKey) > 200 {
+		return nil, fmt.Errorf("%w: active entitlement %s: bad lookup_key", ErrMalformed, w.ID)
+	}
+	return &Entitlement{ID: w.ID, FeatureID: w.Feature.ID, LookupKey: w.LookupKey}, nil
+}
+
+type entitlementWire = struct {
+	ID        string     `json:"id"`
+	Object    string     `json:"object"`
+	Feature   expandable `json:"feature"`
+	LookupKey string     `json:"lookup_key"`
+}
+
+// ParseEntitlementSummary parses an
+// entitlements.active_entitlement_summary object.
+func ParseEntitlementSummary(b []byte) (*EntitlementSummary, error) {
+	w, err := unmarshalWire[entitlementSummaryWire](b, "active entitlement summary")
+	if err != nil {
+		return nil, err
+	}
+	if w.Object != "entitlements.active_entitlement_summary" {
+		return nil, fmt.Errorf("%w: active entitlement summary: bad object", ErrMalformed)
+	}
+	if !ValidID(w.Customer, "cus_") {
+		return nil, fmt.Errorf("%w: active entitlement summary: bad customer id", ErrMalformed)
+	}
+	sum := &EntitlementSummary{CustomerID: w.Customer, Entitlements: []Entitlement{}, HasMore: w.Entitlements.HasMore}
+	for _, ew := range w.Entitlements.Data {
+		e, err := entitlementOf(ew)
+		if err != nil {
+			return nil, fmt.Errorf("active entitlement summary of %s: %w", w.Customer, err)
+		}
+		sum.Entitlements = append(sum.Entitlements, *e)
+	}
+	return sum, nil
+}
+
+type entitlementSummaryWire = struct {
+	Object       string `json:"object"`
+	Customer     string `json:"customer"`
+	Entitlements struct {
+		Data    []entitlementWire `json:"data"`
+		HasMore bool              `json:"has_more"`
+	} `json:"entitlements"`
+}
+
+// Product fetches a product (a deleted one answers its deleted stub), and
+// Stripe's time of the answer.
+func (c *Client) Product(ctx context.Context, id string) (*Product, time.Time, error) {
+	return fetch(ctx, c, "/v1/products/", id, "prod_", ParseProduct)
+}
+
+// Price fetches a price, and Stripe's time of the answer.
+func (c *Client) Price(ctx context.Context, id string) (*Price, time.Time, error) {
+	if !ValidID(id, "price_") && ValidID(id, "plan_") {
+		return fetch(ctx, c, "/v1/prices/", id, "plan_", ParsePrice)
+	}
+	return fetch(ctx, c, "/v1/prices/", id, "price_", ParsePrice)
+}
+
+// Products lists products, active and inactive, newest first, each dated
+// by its page's Date header.
+func (c *Client) Products(ctx context.Context, p ListParams) iter.Seq2[Dated[*Product], error] {
+	if p.Customer != "" {
+		return failed[*Product](errors.New("list /v1/products: products have no customer filter"))
+	}
+	return list(ctx, c, "/v1/products", p, nil, ParseProduct, func(pr *Product) string { return pr.ID })
+}
+
+// Prices lists prices, active and inactive, newest first, each dated by its
+// page's Date header.
+func (c *Client) Prices(ctx context.Context, p ListParams) iter.Seq2[Dated[*Price], error] {
+	if p.Customer != "" {
+		return failed[*Price](errors.New("list /v1/prices: prices have no customer filter"))
+	}
+	return list(ctx, c, "/v1/prices", p, nil, ParsePrice, func(pr *Price) string { return pr.ID })
+}
+
+// ActiveEntitlements reads the whole set of a customer's active
+// entitlements from GET /v1/entitlements/active_entitlements, every page,
+// dated by the first page's answer. stripe-go v76 predates Entitlements:
+// this goes through the same raw list path as every list here.
+func (c *Client) ActiveEntitlements(ctx context.Context, customerID string) ([]Entitlement, time.Time, error) {
+	if !ValidID(customerID, "cus_") {
+		return nil, time.Time{}, ErrNotFound
+	}
+	var (
+		out []Entitlement
+		at  time.Time
+	)
+	seq := list(ctx, c, "/v1/entitlements/active_entitlements", ListParams{}, func(f *stripe.Filters) {
+		f.AddFilter("customer", "", customerID)
+	}, ParseEntitlement, func(e *Entitlement) string { return e.ID })
+	for d, err := range seq {
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("active entitlements of %s: %w", url.PathEscape(customerID), err)
+		}
+		if at.IsZero() {
+			at = d.At
+		}
+		out = append(out, *d.Obj)
+	}
+	if at.IsZero() { // an empty list: date it by a read of the customer
+		_, t, err := c.Customer(ctx, customerID)
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("active entitlements of %s: %w", customerID, err)
+		}
+		at = t
+	}
+	return out, at, nil
+}
+
+// failed is a list that yields err and ends.
+func failed[T any](err error) iter.Seq2[Dated[T], error] {
+	return func(yield func(Dated[T], error) bool) { yield(Dated[T]{}, err) }
+}
