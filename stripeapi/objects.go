@@ -299,10 +299,10 @@ func parseSubscription(b []byte, fast bool) (*Subscription, error) {
 
 // subscriptionWire is the part of a subscription ParseSubscription reads.
 type subscriptionWire = struct {
-	ID                string     `json:"id"`
-	Object            string     `json:"object"`
-	Customer          expandable `json:"customer"`
-	Status            string     `json:"status"`
+	ID                 string     `json:"id"`
+	Object             string     `json:"object"`
+	Customer           expandable `json:"customer"`
+	Status             string     `json:"status"`
 	CancelAtPeriodEnd  bool       `json:"cancel_at_period_end"`
 	CurrentPeriodStart int64      `json:"current_period_start"`
 	CurrentPeriodEnd   int64      `json:"current_period_end"`
