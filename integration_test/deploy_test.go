@@ -345,13 +345,21 @@ func TestDeployEveryAlertIsTested(t *testing.T) {
 			t.Errorf("%s: no promtool test where it stays quiet", a)
 		}
 	}
-	// Each rule has a for:, a severity and a summary naming its runbook.
+	// Each rule has a for:, a severity and a summary naming its runbook
+	// section, and docs/runbook.md has that section.
+	runbook, err := os.ReadFile(filepath.Join("..", "docs", "runbook.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, block := range strings.Split(string(rules), "- alert: ")[1:] {
 		name := strings.Fields(block)[0]
-		for _, want := range []string{"\n        for: ", "\n          severity: ", "Runbook: README, Operations, " + name, "runbook: \"README.md#" + strings.ToLower(name) + "\""} {
+		for _, want := range []string{"\n        for: ", "\n          severity: ", "Runbook: docs/runbook.md, " + name, "runbook: \"docs/runbook.md#" + strings.ToLower(name) + "\""} {
 			if !strings.Contains(block, want) {
 				t.Errorf("%s lacks %q", name, strings.TrimSpace(want))
 			}
+		}
+		if !regexp.MustCompile(`(?m)^## ` + name + `$`).Match(runbook) {
+			t.Errorf("docs/runbook.md has no section \"## %s\" for the alert's runbook link", name)
 		}
 	}
 }
