@@ -29,6 +29,13 @@ help: ## list the targets
 run: ## serve on 127.0.0.1:8080 with a local development database and printed development secrets
 	LOCKSTEP_ENV="$${LOCKSTEP_ENV:-development}" $(PG) dev -- $(GO) run . serve
 
+# Flags for `make demo`, e.g. DEMO_FLAGS='-storm 20 -v'.
+DEMO_FLAGS ?=
+
+.PHONY: demo
+demo: ## watch the race lockstep solves, against a built-in fake Stripe (no account; under a minute)
+	$(PG) test -- sh -c 'DATABASE_URL="$$TEST_DATABASE_URL" exec $(GO) run ./cmd/lockstep-demo $(DEMO_FLAGS)'
+
 .PHONY: db-stop
 db-stop: ## stop the private development cluster in .dev/pgdata, if `make run` started one
 	$(PG) dev-stop
