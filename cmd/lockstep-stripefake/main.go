@@ -35,8 +35,6 @@ import (
 )
 
 func main() {
-	log.SetFlags(0)
-	log.SetPrefix("stripefake: ")
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stderr))
 }
 
@@ -57,6 +55,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	cmd := fs.Args()
+	log := log.New(stderr, "stripefake: ", 0)
 	secret := strings.TrimSpace(strings.Split(getenv("STRIPE_WEBHOOK_SECRET"), ",")[0])
 	if secret == "" {
 		secret = config.DevWebhookSecret
@@ -75,7 +74,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	defer stop()
 	if *forward != "" {
 		log.Printf("its events go to %s, signed with STRIPE_WEBHOOK_SECRET (as `stripe listen` forwards them)", *forward)
-		f := &forwarder{fake: fake.URL, to: *forward, secret: secret, client: &http.Client{Timeout: 10 * time.Second}}
+		f := &forwarder{fake: fake.URL, to: *forward, secret: secret, client: &http.Client{Timeout: 10 * time.Second}, log: log}
 		go f.loop(ctx)
 	}
 	fmt.Fprint(stderr, tryIt(fake.URL, "http://"+lockstepAddr, token))
@@ -86,7 +85,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		<-sigs
 		return 0
 	}
-	return runWith(cmd, "STRIPE_API_BASE="+fake.URL, "STRIPE_SECRET_KEY="+config.DevSecretKey)
+	return runWith(log, cmd, "STRIPE_API_BASE="+fake.URL, "STRIPE_SECRET_KEY="+config.DevSecretKey)
 }
 
 // tryIt is the walk-through printed at start.
@@ -109,6 +108,7 @@ Try the race by hand (in another terminal, once lockstep says "serving"):
 type forwarder struct {
 	fake, to, secret string
 	client           *http.Client
+	log              *log.Logger
 	done             map[string]bool
 	tries            map[string]int
 }
@@ -178,13 +178,13 @@ func (f *forwarder) deliver(ctx context.Context, raw json.RawMessage) {
 	res, err := f.client.Do(req)
 	if err != nil {
 		if f.tries[ev.ID] == 1 || f.tries[ev.ID] == maxTries {
-			log.Printf("%s %s -> %v (try %d of %d)", ev.ID, ev.Type, err, f.tries[ev.ID], maxTries)
+			f.log.Printf("%s %s -> %v (try %d of %d)", ev.ID, ev.Type, err, f.tries[ev.ID], maxTries)
 		}
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(res.Body, 512))
 	res.Body.Close()
-	log.Printf("%s %s -> %d %s", ev.ID, ev.Type, res.StatusCode, strings.TrimSpace(string(body)))
+	f.log.Printf("%s %s -> %d %s", ev.ID, ev.Type, res.StatusCode, strings.TrimSpace(string(body)))
 	if res.StatusCode < 300 {
 		f.done[ev.ID] = true
 	}
@@ -193,7 +193,7 @@ func (f *forwarder) deliver(ctx context.Context, raw json.RawMessage) {
 // runWith runs argv with env added and returns its exit status. It stays in
 // the foreground: a Ctrl-C reaches it from the terminal and this process
 // waits for it; SIGTERM and SIGHUP sent here alone are passed on.
-func runWith(argv []string, env ...string) int {
+func runWith(log *log.Logger, argv []string, env ...string) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), env...)
