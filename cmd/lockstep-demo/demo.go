@@ -176,6 +176,10 @@ func (d *demo) header() {
 	p.plain(fmt.Sprintf("holds the customer's advisory lock for %s in a side transaction (%q),", d.o.Hold, holderName))
 	p.plain("as a writer on another machine would. Everything else is lockstep as `lockstep serve` runs it.")
 	p.plain(fmt.Sprintf("lockstep lets %d writers per customer wait in PostgreSQL; the others queue in its memory, in order.", lockmgr.WritersPerCustomer))
+	p.plain("")
+	p.plain("Reading it: \"lock\" lines are waits seen in the view (pid, who, whose lock, behind whom); a webhook")
+	p.plain("answers processed (applied now) or duplicate (already applied: nothing changed); the success call")
+	p.plain("answers where the success page sends the user. Then the rows lockstep left, and a verdict.")
 }
 
 // scene is one scenario's customer, its objects in the fake, and its
@@ -237,7 +241,11 @@ func (d *demo) play(ctx context.Context, key, title string, body func(context.Co
 		return Verdict{}, err
 	}
 	err := body(ctx, sc)
-	d.locks.unwatch()
+	behindDemo, behindLockstep := d.locks.unwatch()
+	if err == nil {
+		d.out.fact("waits", fmt.Sprintf("%d seen in stripe_customer_locks: %d behind the demo's slow writer, %d behind another lockstep writer",
+			behindDemo+behindLockstep, behindDemo, behindLockstep))
+	}
 	if err == nil && d.o.afterScene != nil {
 		err = d.o.afterScene(ctx, key, d.pool)
 	}

@@ -135,3 +135,34 @@ func TestRunUsage(t *testing.T) {
 		}
 	}
 }
+
+// The command as `make demo` runs it: a scratch database of its own on the
+// server, created, played on and dropped; exit 0.
+func TestRunPlaysOnAScratchDatabase(t *testing.T) {
+	server := dbtest.ServerURL(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	getenv := func(k string) string { return map[string]string{"DATABASE_URL": server}[k] }
+	if code := run(ctx, []string{"-storm", "2", "-hold", "100ms"}, getenv, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\nstderr: %s\nstdout: %s", code, stderr.String(), stdout.String())
+	}
+	out := stdout.String()
+	_, rest, ok := strings.Cut(out, "  database  ")
+	name, _, _ := strings.Cut(rest, " ")
+	if !ok || !strings.HasPrefix(name, "lockstep_demo_") || !strings.Contains(out, "3 of 3 scenarios ended equal") {
+		t.Fatalf("output does not name its database or end equal:\n%s", out)
+	}
+	pool, err := pgxpool.New(ctx, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	var left int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_database WHERE datname = $1`, name).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("scratch database %s is still there", name)
+	}
+}

@@ -30,6 +30,9 @@ type sampler struct {
 	key      int64  // its lock key, hashtext(customer)
 	printed  map[string]bool
 	waiting  map[string]bool // application names seen waiting
+	// behind counts the waits printed by who held the lock: "demo" (the
+	// slow writer) or "lockstep" (one of its own writers).
+	behind map[string]int
 }
 
 func startSampler(ctx context.Context, databaseURL string, out *printer) (*sampler, error) {
@@ -63,15 +66,17 @@ func (s *sampler) watch(ctx context.Context, customer string) error {
 		return fmt.Errorf("lock sampler: %w", err)
 	}
 	s.customer = customer
-	s.printed, s.waiting = map[string]bool{}, map[string]bool{}
+	s.printed, s.waiting, s.behind = map[string]bool{}, map[string]bool{}, map[string]int{}
 	return nil
 }
 
-// unwatch stops printing until the next watch.
-func (s *sampler) unwatch() {
+// unwatch stops printing until the next watch and returns how many waits
+// it printed behind the demo's slow writer and behind lockstep's writers.
+func (s *sampler) unwatch() (behindDemo, behindLockstep int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.customer = ""
+	return s.behind["demo"], s.behind["lockstep"]
 }
 
 // awaitWaiting reports whether the transaction named appName is seen
@@ -158,6 +163,11 @@ func (s *sampler) sample(ctx context.Context) {
 				behind = append(behind, fmt.Sprintf("pid %d", pid))
 			case b.Granted:
 				behind = append(behind, fmt.Sprintf("%d %s (holds it)", pid, short(b.ApplicationName)))
+				if b.ApplicationName == holderName {
+					s.behind["demo"]++
+				} else {
+					s.behind["lockstep"]++
+				}
 			default:
 				behind = append(behind, fmt.Sprintf("%d %s (waits ahead)", pid, short(b.ApplicationName)))
 			}
