@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -55,6 +56,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		return 2
 	}
 	cmd := fs.Args()
+	if host, _, err := net.SplitHostPort(*listen); err != nil || !loopback(host) {
+		fmt.Fprintf(stderr, "lockstep-stripefake: -listen must be a loopback host:port (127.0.0.1:12111), got %q\n", *listen)
+		return 2
+	}
 	log := log.New(stderr, "stripefake: ", 0)
 	secret := strings.TrimSpace(strings.Split(getenv("STRIPE_WEBHOOK_SECRET"), ",")[0])
 	if secret == "" {
@@ -220,6 +225,15 @@ func runWith(log *log.Logger, argv []string, env ...string) int {
 		return 1
 	}
 	return cmd.ProcessState.ExitCode()
+}
+
+// loopback reports whether host names this machine only.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func or(v, def string) string {

@@ -128,4 +128,8 @@ func TestRunsCommandAgainstTheFake(t *testing.T) {
 	if code := run([]string{"-nope"}, getenv, io.Discard); code != 2 {
 		t.Errorf("unknown flag: exit %d, want 2", code)
 	}
+	stderr.Reset()
+	if code := run([]string{"-listen", "0.0.0.0:12111"}, getenv, &stderr); code != 2 || !strings.Contains(stderr.String(), "-listen must be a loopback host:port") {
+		t.Errorf("-listen 0.0.0.0:12111: exit %d, %q; want 2 and the reason", code, stderr.String())
+	}
 }
