@@ -155,9 +155,10 @@ func Play(ctx context.Context, o Options) ([]Verdict, error) {
 		}
 	}
 	d.out.plain("")
-	d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal: whatever the order, one customer, one subscription, each event applied once.", equal, len(verdicts)))
-	if equal < len(verdicts) {
-		d.out.plain("NOT EQUAL: see the verdicts above.")
+	if equal == len(verdicts) {
+		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal: whatever the order, one customer, one subscription, each event applied once.", equal, len(verdicts)))
+	} else {
+		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal; NOT EQUAL: see the verdicts above.", equal, len(verdicts)))
 	}
 	return verdicts, nil
 }
