@@ -25,9 +25,23 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 
+# `make run STRIPE=fake` (or LOCKSTEP_FAKE_STRIPE=1 make run) serves against
+# the built-in fake Stripe (cmd/lockstep-stripefake, on 127.0.0.1:12111 unless
+# FAKE_STRIPE_FLAGS='-listen ...'), which forwards its events to lockstep and
+# prints how to play a checkout and the success call with curl.
+FAKE_STRIPE_FLAGS ?=
+RUN_UNDER = $(if $(filter fake,$(STRIPE))$(filter 1 true yes,$(LOCKSTEP_FAKE_STRIPE)),$(GO) run ./cmd/lockstep-stripefake $(FAKE_STRIPE_FLAGS) --)
+
 .PHONY: run
-run: ## serve on 127.0.0.1:8080 with a local development database and printed development secrets
-	LOCKSTEP_ENV="$${LOCKSTEP_ENV:-development}" $(PG) dev -- $(GO) run . serve
+run: ## serve on 127.0.0.1:8080 with a local development database and printed development secrets (STRIPE=fake: no Stripe account)
+	LOCKSTEP_ENV="$${LOCKSTEP_ENV:-development}" $(PG) dev -- $(RUN_UNDER) $(GO) run . serve
+
+# Flags for `make demo`, e.g. DEMO_FLAGS='-storm 20 -v'.
+DEMO_FLAGS ?=
+
+.PHONY: demo
+demo: ## watch the race lockstep solves, against a built-in fake Stripe (no account; under a minute)
+	$(PG) test -- sh -c 'DATABASE_URL="$$TEST_DATABASE_URL" exec $(GO) run ./cmd/lockstep-demo $(DEMO_FLAGS)'
 
 .PHONY: db-stop
 db-stop: ## stop the private development cluster in .dev/pgdata, if `make run` started one

@@ -14,6 +14,7 @@
 //	                                 all, ended or one status); expand[]=data.customer
 //	GET /v1/invoices                 customer, subscription, status; expand[]=data.customer
 //	GET /v1/events                   type (* wildcard) or types[]; the last 30 days
+//	POST /_fake/checkout/sessions    the fake's own: a finished checkout (dev.go)
 //
 // Lists take limit (1-100, default 10), starting_after or ending_before, and
 // created or created[gt|gte|lt|lte]; they answer {"object":"list","url",
@@ -344,6 +345,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if strings.HasPrefix(r.URL.Path, fakePrefix) {
+		s.serveFake(w, r) // dev.go
+		return
+	}
 	unrecognized := stripeError{
 		Type:    "invalid_request_error",
 		Message: fmt.Sprintf("Unrecognized request URL (%s: %s). Please see https://stripe.com/docs or we can help at https://support.stripe.com/.", r.Method, r.URL.Path),
