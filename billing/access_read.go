@@ -16,11 +16,10 @@ import (
 // one row per subscription of the user's customer, or one row of NULLs
 // after now when the user has no customer or the customer no subscription.
 // The invoice URLs are read only for the statuses whose next step links to
-// an invoice.
+// an invoice. Decide sorts the features itself.
 const AccessQuery = `
 SELECT n.now, c.stripe_customer_id, coalesce(c.deleted, false),
-  ARRAY(SELECT e.lookup_key FROM stripe_entitlements e
-        WHERE e.stripe_customer_id = c.stripe_customer_id ORDER BY e.lookup_key),
+  ARRAY(SELECT e.lookup_key FROM stripe_entitlements e WHERE e.stripe_customer_id = c.stripe_customer_id),
   s.stripe_subscription_id, s.status, s.cancel_at_period_end, s.current_period_start,
   s.current_period_end, s.trial_end, s.created_at, s.price_id,
   li.status, li.hosted_invoice_url, oi.hosted_invoice_url,
