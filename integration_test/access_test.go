@@ -342,13 +342,17 @@ func TestAccessTwoSubscriptions(t *testing.T) {
 		t.Fatalf("two granting: %+v, want %s (grace, the later until)", a, second.subscription)
 	}
 	// The later one ends; the other still grants.
-	must200(t, "deleted", b.postWebhook(subscriptionEvent(second.subObj("canceled"), "customer.subscription.deleted", t0.Add(2*time.Second), nil)))
+	canceled := long
+	canceled.Status = "canceled"
+	must200(t, "deleted", b.postWebhook(subscriptionEvent(canceled, "customer.subscription.deleted", t0.Add(2*time.Second), nil)))
 	a = b.mustAccess(fx.user, "?feature=sso")
 	if a.State != "active" || *a.Subscription != fx.subscription || !a.Until.Equal(short.CurrentPeriodEnd) || !a.Feature.Granted {
 		t.Fatalf("one granting: %+v, want %s active", a, fx.subscription)
 	}
 	// Neither grants: the more recent (the later period) decides.
-	must200(t, "past_due", b.postWebhook(subscriptionEvent(fx.subObj("past_due"), "customer.subscription.updated", t0.Add(3*time.Second), nil)))
+	pastDue := short
+	pastDue.Status = "past_due"
+	must200(t, "past_due", b.postWebhook(subscriptionEvent(pastDue, "customer.subscription.updated", t0.Add(3*time.Second), nil)))
 	a = b.mustAccess(fx.user, "?feature=sso")
 	if a.Access || a.State != "ended" || *a.Subscription != second.subscription || a.Feature.Granted {
 		t.Fatalf("none granting: %+v, want %s ended (its period is later)", a, second.subscription)
