@@ -53,6 +53,9 @@ commands:
   prune --older-than AGE [--dry-run]
                         delete processed and ignored events settled more than AGE (90d) ago
   doctor                check configuration, database, schema, privileges and the Stripe key
+  access USER_ID [--feature KEY]
+                        print the paywall's decision for a user (the JSON of
+                        GET /api/users/{user_id}/access)
 `
 
 // UsageError is a command line that makes no sense. The process exits 2.
@@ -115,6 +118,8 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return pruneCmd(ctx, args, env)
 	case "doctor":
 		return doctorCmd(ctx, args, env)
+	case "access":
+		return accessCmd(ctx, args, env)
 	case "help", "-h", "--help":
 		_, _ = io.WriteString(env.Stdout, usage)
 		return nil
@@ -157,6 +162,7 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 	bulkAPI := stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey,
 		stripeapi.Options{Timeout: 10 * time.Second, Budget: budget, Share: stripeapi.Bulk, Observer: m})
 	svc := billing.NewService(locks, api, log)
+	svc.SetPastDueGrace(cfg.AccessPastDueGrace)
 	m.RegisterLedger(svc.LedgerCounts, log)
 	m.RegisterConvergence(func(ctx context.Context) (metrics.Convergence, error) {
 		cursor, found, repaired, err := svc.Convergence(ctx)

@@ -74,6 +74,8 @@ type Service struct {
 	db     *pgxpool.Pool
 	stripe Stripe
 	log    *slog.Logger
+	// pastDueGrace is ACCESS_PAST_DUE_GRACE, for the access read.
+	pastDueGrace time.Duration
 }
 
 // NewService returns a Service writing through locks and reading Stripe

@@ -41,6 +41,9 @@ type Config struct {
 	// LedgerRetention is the age past which serve prunes processed and
 	// ignored events daily (0: keep them forever).
 	LedgerRetention time.Duration
+	// AccessPastDueGrace is how long a past_due subscription keeps access,
+	// from the start of its unpaid period (0: none).
+	AccessPastDueGrace time.Duration
 
 	// DevDefaults names the variables that were unset and filled with
 	// development values (only when Development).
@@ -117,6 +120,9 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 		errs = append(errs, err)
 	} else if c.LedgerRetention > 0 && c.LedgerRetention < 24*time.Hour {
 		add("LEDGER_RETENTION", "must be at least 1d (or 0 to keep every event)")
+	}
+	if c.AccessPastDueGrace, err = age(getenv, "ACCESS_PAST_DUE_GRACE", 0, true); err != nil {
+		errs = append(errs, err)
 	}
 	c.StripeAPIRPS = 20
 	if v := getenv("STRIPE_API_RPS"); v != "" {

@@ -63,6 +63,22 @@ func TestLoadConvergenceSettings(t *testing.T) {
 	}
 }
 
+// ACCESS_PAST_DUE_GRACE defaults to none and reads Go's units or days.
+func TestLoadPastDueGrace(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]time.Duration{"": 0, "0": 0, "72h": 72 * time.Hour, "3d": 72 * time.Hour, "90m": 90 * time.Minute} {
+		env := good()
+		env["ACCESS_PAST_DUE_GRACE"] = v
+		c, err := config.Load(getenv(env), config.NeedDatabase)
+		if err != nil {
+			t.Fatalf("ACCESS_PAST_DUE_GRACE=%q: %v", v, err)
+		}
+		if c.AccessPastDueGrace != want {
+			t.Fatalf("ACCESS_PAST_DUE_GRACE=%q: got %s, want %s", v, c.AccessPastDueGrace, want)
+		}
+	}
+}
+
 // Each misconfiguration stops startup with one line that names the variable.
 func TestLoadMisconfiguration(t *testing.T) {
 	t.Parallel()
@@ -103,6 +119,8 @@ func TestLoadMisconfiguration(t *testing.T) {
 		{"api rps one", map[string]string{"STRIPE_API_RPS": "1"}, config.NeedDatabase, "STRIPE_API_RPS"},
 		{"retention days not a number", map[string]string{"LEDGER_RETENTION": "ninety days"}, config.NeedDatabase, "LEDGER_RETENTION"},
 		{"retention under a day", map[string]string{"LEDGER_RETENTION": "1h"}, config.NeedDatabase, "LEDGER_RETENTION"},
+		{"past-due grace not a duration", map[string]string{"ACCESS_PAST_DUE_GRACE": "three days"}, config.NeedDatabase, "ACCESS_PAST_DUE_GRACE"},
+		{"past-due grace negative", map[string]string{"ACCESS_PAST_DUE_GRACE": "-72h"}, config.NeedDatabase, "ACCESS_PAST_DUE_GRACE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

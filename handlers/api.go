@@ -24,6 +24,9 @@ type checkoutRequest struct {
 type checkoutResponse struct {
 	Redirect string `json:"redirect"`
 	*billing.CheckoutResult
+	// Access is the paywall's decision read after the success write
+	// committed: what GET /api/users/{user_id}/access answers.
+	Access *billing.Access `json:"access,omitempty"`
 }
 
 // checkoutSuccess syncs a checkout session for the success page.
@@ -58,13 +61,23 @@ func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
 		s.Log.Log(ctx, level, "checkout success failed", slog.Int("status", code), slog.String("error", err.Error()))
 		return
 	}
+	// The success write has committed: the decision read now is the one the
+	// paywall gives from here on, so the two never disagree.
+	access, err := s.Billing.Access(ctx, req.UserID, "")
+	if err != nil {
+		code := writeStatus(w, err)
+		s.Metrics.CheckoutOutcome(outcomeLabel(code))
+		s.Log.ErrorContext(ctx, "checkout success: access read failed", slog.Int("status", code), slog.String("error", err.Error()))
+		return
+	}
+	s.Metrics.AccessDecision(access.State)
 	if !res.Paid {
 		s.Metrics.CheckoutOutcome("pending")
-		writeJSON(w, http.StatusAccepted, checkoutResponse{Redirect: "/checkout/processing", CheckoutResult: res})
+		writeJSON(w, http.StatusAccepted, checkoutResponse{Redirect: "/checkout/processing", CheckoutResult: res, Access: access})
 		return
 	}
 	s.Metrics.CheckoutOutcome("paid")
-	writeJSON(w, http.StatusOK, checkoutResponse{Redirect: "/dashboard", CheckoutResult: res})
+	writeJSON(w, http.StatusOK, checkoutResponse{Redirect: "/dashboard", CheckoutResult: res, Access: access})
 }
 
 // userBilling serves the paywall's read.
@@ -75,6 +88,37 @@ func (s *server) userBilling(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// userAccess serves the paywall's decision:
+// GET /api/users/{user_id}/access[?feature=KEY].
+func (s *server) userAccess(w http.ResponseWriter, r *http.Request) {
+	user := mux.Vars(r)["user_id"]
+	if !userid.Valid(user) {
+		writeError(w, http.StatusBadRequest, "user_id must be 1 to 255 characters without control characters")
+		return
+	}
+	q := r.URL.Query()
+	feature := ""
+	if vs, ok := q["feature"]; ok {
+		if len(vs) != 1 {
+			writeError(w, http.StatusBadRequest, "feature may be given once")
+			return
+		}
+		feature = vs[0]
+		if err := billing.CheckFeatureKey(feature); err != nil {
+			writeError(w, http.StatusBadRequest, strings.TrimPrefix(err.Error(), billing.ErrInvalidFeature.Error()+": "))
+			return
+		}
+	}
+	a, err := s.Billing.Access(r.Context(), user, feature)
+	if err != nil {
+		code := writeStatus(w, err)
+		s.Log.ErrorContext(r.Context(), "access read failed", slog.Int("status", code), slog.String("error", err.Error()))
+		return
+	}
+	s.Metrics.AccessDecision(a.State)
+	writeJSON(w, http.StatusOK, a)
 }
 
 // outcomeLabel names a failed call's status for metrics: "not_found", ...

@@ -64,6 +64,7 @@ func New(d Deps) http.Handler {
 	api.Use(s.requireToken(&s.appToken))
 	api.HandleFunc("/checkout/success", s.checkoutSuccess).Methods(http.MethodPost)
 	api.HandleFunc("/users/{user_id}/billing", s.userBilling).Methods(http.MethodGet)
+	api.HandleFunc("/users/{user_id}/access", s.userAccess).Methods(http.MethodGet)
 	admin := r.PathPrefix("/admin").Subrouter()
 	admin.Use(s.requireToken(&s.adminToken))
 	admin.HandleFunc("/locks", s.adminLocks).Methods(http.MethodGet)

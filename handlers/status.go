@@ -29,6 +29,8 @@ func status(err error) (int, string) {
 		return http.StatusNotFound, "no such event"
 	case errors.Is(err, billing.ErrInvalidUser):
 		return http.StatusBadRequest, "invalid user_id"
+	case errors.Is(err, billing.ErrInvalidFeature):
+		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, stripeapi.ErrMalformed):
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, stripeapi.ErrUnavailable):

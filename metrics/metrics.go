@@ -49,6 +49,7 @@ type Metrics struct {
 	sweepErrors      prometheus.Counter
 	stripeRequests   *prometheus.CounterVec
 	stripeWait       *prometheus.HistogramVec
+	accessDecisions  *prometheus.CounterVec
 }
 
 // New registers lockstep's collectors on a fresh registry.
@@ -126,6 +127,7 @@ func New() *Metrics {
 			m.stripeRequests.WithLabelValues(share, code)
 		}
 	}
+	m.accessDecisions = newAccessDecisions(m.Registry)
 	return m
 }
 

@@ -44,6 +44,7 @@ type Options struct {
 	Keep         bool
 	ServerLog    string
 	CPUProfile   string
+	Access       bool
 }
 
 // Usage is the text of -h, before the flags.
@@ -110,6 +111,7 @@ func ParseArgs(args []string, out io.Writer) (*Options, error) {
 	fs.BoolVar(&o.Scratch, "scratch", false, "in-process: run lockstep on a database of its own, created on the DATABASE_URL server and dropped at the end, as the reference's is")
 	fs.BoolVar(&o.Keep, "keep", false, "in-process: keep the rows the bench wrote in DATABASE_URL")
 	fs.StringVar(&o.ServerLog, "server-log", "", "in-process: write lockstep's log to this file (default: formatted and discarded)")
+	fs.BoolVar(&o.Access, "access", false, "measure the paywall's read instead: GET /api/users/{user_id}/access by -concurrency readers over -customers users seeded in a mix of states, beside pgbench running the same SELECT (billing.AccessQuery) on a scratch database seeded alike")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (in-process: lockstep and the load) to this file")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -138,6 +140,8 @@ func ParseArgs(args []string, out io.Writer) (*Options, error) {
 		return nil, errors.New("bench: -success must be between 0 and 1")
 	case o.Scratch && o.Target != "":
 		return nil, errors.New("bench: -scratch is for the in-process lockstep; a -target has its own database")
+	case o.Access && (o.Target != "" || o.Hot || o.Storm):
+		return nil, errAccessTarget
 	case o.Hot && o.Storm:
 		return nil, errors.New("bench: -hot and -storm exclude each other (-storm is hot webhooks plus success calls)")
 	}

@@ -167,7 +167,36 @@ func (c *httpConn) Post(ctx context.Context, path, contentType, name, value stri
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)
 	c.wbuf = b
+	return c.send(ctx)
+}
 
+// Get sends a GET of path (relative to the base URL's) with, when name is
+// not empty, the header name: value; otherwise as Post.
+func (c *httpConn) Get(ctx context.Context, path, name, value string) (int, []byte, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, nil, err
+	}
+	c.watch(ctx)
+	b := c.wbuf[:0]
+	b = append(b, "GET "...)
+	b = append(b, c.prefix...)
+	b = append(b, path...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, c.host...)
+	if name != "" {
+		b = append(b, "\r\n"...)
+		b = append(b, name...)
+		b = append(b, ": "...)
+		b = append(b, value...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	c.wbuf = b
+	return c.send(ctx)
+}
+
+// send sends c.wbuf and reads the answer, reconnecting once when a reused
+// connection turns out to be broken.
+func (c *httpConn) send(ctx context.Context) (int, []byte, error) {
 	for attempt := 0; ; attempt++ {
 		reused := c.nc != nil
 		code, err := c.roundTrip(ctx, reused)

@@ -139,6 +139,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer srv.close()
 	cfg.TargetURL, cfg.InProcess, cfg.Stripe = srv.url, true, fake
 	cfg.WebhookSecret, cfg.AppToken = srv.cfg.WebhookSecrets[0], srv.cfg.AppAPIToken
+	if opts.Access {
+		return runAccess(ctx, cfg, srv.cfg.DatabaseURL, opts.Keep)
+	}
 	cfg.PID, cfg.DB = os.Getpid(), srv.counters
 	rep, runErr := Run(ctx, cfg)
 	if !opts.Keep && !opts.Scratch && rep != nil {
