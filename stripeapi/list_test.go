@@ -469,8 +469,8 @@ func TestListMustMoveForward(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		stuck, want string
-		pages      int // requests before the error
-		items      int // items yielded before it
+		pages       int // requests before the error
+		items       int // items yielded before it
 	}{
 		{"repeat", `GET /v1/customers: the page after "cus_0009" repeats "cus_0000"`, 2, 10},
 		{"overlap", `GET /v1/customers: the page after "cus_0009" repeats "cus_0009"`, 2, 10},
