@@ -94,6 +94,7 @@ type Server struct {
 	eventAPIVersion   string
 	limiter           limiter
 	throttled         int // 429 rate_limit answers
+	hostile           hostility
 }
 
 // New starts a fake Stripe API server; t.Cleanup closes it.
@@ -139,7 +140,7 @@ func newUnstarted() *Server {
 		customers:     map[string]Customer{},
 		invoices:      map[string]Invoice{},
 	}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHostile))
 	return s
 }
 
