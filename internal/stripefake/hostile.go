@@ -25,7 +25,8 @@ const (
 	// true.
 	EmptyMore
 	// Hang never answers: the request waits until the client gives up (its
-	// context ends), the mode is removed, or HangLimit passes.
+	// context ends), the mode is removed, or HangLimit passes, and then the
+	// connection is dropped.
 	Hang
 	// Slow answers as Stripe does after SlowDelay.
 	Slow
@@ -140,7 +141,7 @@ func (s *Server) serveHostile(w http.ResponseWriter, r *http.Request) {
 		case <-release:
 		case <-t.C:
 		}
-		return
+		panic(http.ErrAbortHandler) // drop the connection, answer nothing
 	case Slow:
 		t := time.NewTimer(slow)
 		defer t.Stop()
