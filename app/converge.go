@@ -211,7 +211,12 @@ cursor or AGE back (at most 30d).
 		return err
 	}
 	defer b.close()
-	res, err := b.Sweep(ctx, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back})
+	res, err := b.Sweep(ctx, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back,
+		Unreadable: func(u billing.Unreadable) { fmt.Fprintln(env.Stdout, "sweep: skipped: "+u.String()) }})
+	if errors.Is(err, billing.ErrUnreadable) {
+		fmt.Fprintln(env.Stdout, sweepLine(res))
+		return fmt.Errorf("sweep: pass done, but %w", err)
+	}
 	if err != nil {
 		return fmt.Errorf("sweep: %w", err)
 	}
@@ -230,32 +235,43 @@ func sweepOwner(role string) string {
 	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), role)
 }
 
-// runSweeper sweeps every interval (with 10% jitter, so replicas do not
-// line up) until ctx is done. A pass another replica holds the lease for
-// is skipped quietly.
-func runSweeper(ctx context.Context, srv *Server, interval, lookback time.Duration, log *slog.Logger) {
+// startSweeper sweeps every interval (the first pass after 10% jitter
+// more, so replicas started together do not line up) through runEvery,
+// like the pruner. It returns the function that stops it and waits for a
+// running pass to end (the pass ends at its next call to Stripe or the
+// database and frees its lease). A pass another replica holds the lease
+// for is skipped quietly. Interval 0: nothing.
+func startSweeper(ctx context.Context, srv *Server, interval, lookback time.Duration, log *slog.Logger) (stop func()) {
+	if interval <= 0 {
+		return func() {}
+	}
 	owner := sweepOwner("serve")
-	for {
-		wait := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		res, err := srv.Bulk.Sweep(ctx, billing.SweepOptions{Owner: owner, Lookback: lookback})
-		switch {
-		case errors.Is(err, billing.ErrSweepBusy):
-			log.Debug("sweeper: another replica holds the lease", slog.String("error", err.Error()))
-		case err != nil && ctx.Err() != nil:
-			return
-		case err != nil:
-			srv.Metrics.SweepFailed()
-			log.Error("sweeper: pass failed; the next starts from the same cursor", slog.String("error", err.Error()))
-		default:
-			srv.Metrics.SweepRecovered(res.Recovered)
-			log.Info("sweeper: pass done", slog.Int("listed", res.Listed), slog.Int("missing", res.Missing),
-				slog.Int("recovered", res.Recovered), slog.Int("failed", res.Failed))
-		}
+	first := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
+	return runEvery(ctx, first, interval, func(ctx context.Context) {
+		sweepOnce(ctx, srv, owner, lookback, log)
+	})
+}
+
+// sweepOnce is one pass of serve's sweeper.
+func sweepOnce(ctx context.Context, srv *Server, owner string, lookback time.Duration, log *slog.Logger) {
+	res, err := srv.Bulk.Sweep(ctx, billing.SweepOptions{Owner: owner, Lookback: lookback})
+	switch {
+	case errors.Is(err, billing.ErrSweepBusy):
+		log.Debug("sweeper: another replica holds the lease", slog.String("error", err.Error()))
+	case err != nil && ctx.Err() != nil:
+		return // shutting down
+	case errors.Is(err, billing.ErrUnreadable):
+		srv.Metrics.SweepFailed()
+		srv.Metrics.SweepRecovered(res.Recovered)
+		log.Error("sweeper: pass done, but some events could not be read (logged above, by id)", slog.Int("listed", res.Listed),
+			slog.Int("missing", res.Missing), slog.Int("recovered", res.Recovered), slog.String("error", err.Error()))
+	case err != nil:
+		srv.Metrics.SweepFailed()
+		log.Error("sweeper: pass failed; the next starts from the same cursor", slog.String("error", err.Error()))
+	default:
+		srv.Metrics.SweepRecovered(res.Recovered)
+		log.Info("sweeper: pass done", slog.Int("listed", res.Listed), slog.Int("missing", res.Missing),
+			slog.Int("recovered", res.Recovered), slog.Int("failed", res.Failed))
 	}
 }
 
