@@ -113,7 +113,9 @@ under its customer's lock; run again to continue an interrupted sync.
 				progress.print(env.Stdout, "would write: "+c.String())
 			}
 		},
-		Note: func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
+		Note:       func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
+		Unreadable: func(u billing.Unreadable) { progress.print(env.Stderr, "sync: skipped: "+u.String()) },
+		Owner:      sweepOwner("sync"),
 	})
 	progress.done()
 	summary := fmt.Sprintf("read %d, %s %d, %s, %.0f objects/s", p.Read, verb, p.Written,
@@ -122,6 +124,11 @@ under its customer's lock; run again to continue an interrupted sync.
 		summary += " (continued an interrupted run)"
 	}
 	switch {
+	case errors.Is(err, billing.ErrSyncRunning):
+		return err
+	case errors.Is(err, billing.ErrUnreadable):
+		fmt.Fprintf(env.Stdout, "sync done: %s\n", summary)
+		return fmt.Errorf("sync: done, but %w", err)
 	case err != nil && ctx.Err() != nil:
 		return &ExitError{Code: 130, Msg: fmt.Sprintf("sync interrupted in %s: %s; run it again to continue", p.Phase, summary)}
 	case err != nil:
@@ -165,19 +172,26 @@ per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
 	defer b.close()
 	res, err := b.Verify(ctx, billing.VerifyOptions{
 		Customer: *customer, Repair: *repair,
-		Found:  func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
-		Mended: func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
+		Found:      func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
+		Mended:     func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
+		Unreadable: func(u billing.Unreadable) { fmt.Fprintln(env.Stdout, "verify: skipped: "+u.String()) },
 	})
+	// Objects that could not be read were reported; the rest was compared,
+	// and the run exits non-zero only after saying how that went.
+	var done error
+	if errors.Is(err, billing.ErrUnreadable) {
+		done, err = fmt.Errorf("verify: compared the rest, but %w", err), nil
+	}
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
 	switch {
 	case len(res.Found) == 0:
 		fmt.Fprintln(env.Stdout, "verify: stored state equals Stripe's")
-		return nil
+		return done
 	case *repair && len(res.Remaining) == 0:
 		fmt.Fprintf(env.Stdout, "verify: %d differences found, all mended\n", len(res.Found))
-		return nil
+		return done
 	case *repair:
 		for _, c := range res.Remaining {
 			fmt.Fprintln(env.Stdout, "not mended: "+c.String())

@@ -118,7 +118,10 @@ func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) erro
 		if len(page) == 0 {
 			return nil
 		}
-		if err := b.applyMissing(ctx, page, res); err != nil {
+		if err := b.applyMissing(ctx, page, res, func(u Unreadable) {
+			unreadable++
+			b.reportUnreadable(ctx, o.Unreadable, u)
+		}); err != nil {
 			return err
 		}
 		clear(page) // let the payloads go
@@ -159,8 +162,9 @@ func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) erro
 }
 
 // applyMissing processes, oldest first, the events of page that the ledger
-// lacks.
-func (b *Bulk) applyMissing(ctx context.Context, page []*stripeapi.Event, res *SweepResult) error {
+// lacks. An event whose object is not what its type promises (no customer,
+// bad JSON for its kind) is not recorded: it goes to unreadable.
+func (b *Bulk) applyMissing(ctx context.Context, page []*stripeapi.Event, res *SweepResult, unreadable func(Unreadable)) error {
 	s := b.Service
 	ids := make([]string, len(page))
 	for i, ev := range page {
@@ -186,6 +190,8 @@ func (b *Bulk) applyMissing(ctx context.Context, page []*stripeapi.Event, res *S
 		}
 		r, err := s.processEvent(ctx, ev, "sweeper")
 		switch {
+		case errors.Is(err, stripeapi.ErrMalformed) && r.Outcome == "":
+			unreadable(Unreadable{Object: "event", ID: ev.ID, Reason: err.Error()})
 		case err != nil:
 			res.Failed++
 			s.log.WarnContext(ctx, "sweeper: event failed; recorded for replay", slog.String("event_id", ev.ID),
