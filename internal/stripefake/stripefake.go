@@ -47,7 +47,8 @@
 // event retention. SetRateLimit answers 429 rate_limit above a request rate
 // (Throttled counts them); FailNext injects failures, SetDelay latency,
 // SetOnRequest a hook; SetEventAPIVersion is the account's API version for
-// events.
+// events. SetHostile makes the requests under a path prefix misbehave (see
+// Hostile: lists that never end, hangs, bad JSON, 429s forever, ...).
 package stripefake
 
 import (
