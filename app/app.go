@@ -230,9 +230,8 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	hs := NewHTTPServer(srv.Handler, log)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	if cfg.SweepInterval > 0 {
-		go runSweeper(ctx, srv, cfg.SweepInterval, cfg.SweepLookback, log)
-	}
+	stopSweeper := startSweeper(ctx, srv, cfg.SweepInterval, cfg.SweepLookback, log)
+	defer stopSweeper()
 	log.Info("serving", slog.String("addr", ln.Addr().String()), slog.Int("schema_version", int(schema.Latest)))
 
 	select {

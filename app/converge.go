@@ -113,7 +113,9 @@ under its customer's lock; run again to continue an interrupted sync.
 				progress.print(env.Stdout, "would write: "+c.String())
 			}
 		},
-		Note: func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
+		Note:       func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
+		Unreadable: func(u billing.Unreadable) { progress.print(env.Stderr, "sync: skipped: "+u.String()) },
+		Owner:      sweepOwner("sync"),
 	})
 	progress.done()
 	summary := fmt.Sprintf("read %d, %s %d, %s, %.0f objects/s", p.Read, verb, p.Written,
@@ -122,6 +124,11 @@ under its customer's lock; run again to continue an interrupted sync.
 		summary += " (continued an interrupted run)"
 	}
 	switch {
+	case errors.Is(err, billing.ErrSyncRunning):
+		return err
+	case errors.Is(err, billing.ErrUnreadable):
+		fmt.Fprintf(env.Stdout, "sync done: %s\n", summary)
+		return fmt.Errorf("sync: done, but %w", err)
 	case err != nil && ctx.Err() != nil:
 		return &ExitError{Code: 130, Msg: fmt.Sprintf("sync interrupted in %s: %s; run it again to continue", p.Phase, summary)}
 	case err != nil:
@@ -165,19 +172,26 @@ per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
 	defer b.close()
 	res, err := b.Verify(ctx, billing.VerifyOptions{
 		Customer: *customer, Repair: *repair,
-		Found:  func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
-		Mended: func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
+		Found:      func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
+		Mended:     func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
+		Unreadable: func(u billing.Unreadable) { fmt.Fprintln(env.Stdout, "verify: skipped: "+u.String()) },
 	})
+	// Objects that could not be read were reported; the rest was compared,
+	// and the run exits non-zero only after saying how that went.
+	var done error
+	if errors.Is(err, billing.ErrUnreadable) {
+		done, err = fmt.Errorf("verify: compared the rest, but %w", err), nil
+	}
 	if err != nil {
 		return fmt.Errorf("verify: %w", err)
 	}
 	switch {
 	case len(res.Found) == 0:
 		fmt.Fprintln(env.Stdout, "verify: stored state equals Stripe's")
-		return nil
+		return done
 	case *repair && len(res.Remaining) == 0:
 		fmt.Fprintf(env.Stdout, "verify: %d differences found, all mended\n", len(res.Found))
-		return nil
+		return done
 	case *repair:
 		for _, c := range res.Remaining {
 			fmt.Fprintln(env.Stdout, "not mended: "+c.String())
@@ -211,7 +225,12 @@ cursor or AGE back (at most 30d).
 		return err
 	}
 	defer b.close()
-	res, err := b.Sweep(ctx, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back})
+	res, err := b.Sweep(ctx, billing.SweepOptions{Owner: sweepOwner("cli"), Lookback: b.cfg.SweepLookback, Since: back,
+		Unreadable: func(u billing.Unreadable) { fmt.Fprintln(env.Stdout, "sweep: skipped: "+u.String()) }})
+	if errors.Is(err, billing.ErrUnreadable) {
+		fmt.Fprintln(env.Stdout, sweepLine(res))
+		return fmt.Errorf("sweep: pass done, but %w", err)
+	}
 	if err != nil {
 		return fmt.Errorf("sweep: %w", err)
 	}
@@ -230,32 +249,43 @@ func sweepOwner(role string) string {
 	return fmt.Sprintf("%s:%d:%s", host, os.Getpid(), role)
 }
 
-// runSweeper sweeps every interval (with 10% jitter, so replicas do not
-// line up) until ctx is done. A pass another replica holds the lease for
-// is skipped quietly.
-func runSweeper(ctx context.Context, srv *Server, interval, lookback time.Duration, log *slog.Logger) {
+// startSweeper sweeps every interval (the first pass after 10% jitter
+// more, so replicas started together do not line up) through runEvery,
+// like the pruner. It returns the function that stops it and waits for a
+// running pass to end (the pass ends at its next call to Stripe or the
+// database and frees its lease). A pass another replica holds the lease
+// for is skipped quietly. Interval 0: nothing.
+func startSweeper(ctx context.Context, srv *Server, interval, lookback time.Duration, log *slog.Logger) (stop func()) {
+	if interval <= 0 {
+		return func() {}
+	}
 	owner := sweepOwner("serve")
-	for {
-		wait := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		res, err := srv.Bulk.Sweep(ctx, billing.SweepOptions{Owner: owner, Lookback: lookback})
-		switch {
-		case errors.Is(err, billing.ErrSweepBusy):
-			log.Debug("sweeper: another replica holds the lease", slog.String("error", err.Error()))
-		case err != nil && ctx.Err() != nil:
-			return
-		case err != nil:
-			srv.Metrics.SweepFailed()
-			log.Error("sweeper: pass failed; the next starts from the same cursor", slog.String("error", err.Error()))
-		default:
-			srv.Metrics.SweepRecovered(res.Recovered)
-			log.Info("sweeper: pass done", slog.Int("listed", res.Listed), slog.Int("missing", res.Missing),
-				slog.Int("recovered", res.Recovered), slog.Int("failed", res.Failed))
-		}
+	first := interval + time.Duration(rand.Int64N(int64(interval)/10+1))
+	return runEvery(ctx, first, interval, func(ctx context.Context) {
+		sweepOnce(ctx, srv, owner, lookback, log)
+	})
+}
+
+// sweepOnce is one pass of serve's sweeper.
+func sweepOnce(ctx context.Context, srv *Server, owner string, lookback time.Duration, log *slog.Logger) {
+	res, err := srv.Bulk.Sweep(ctx, billing.SweepOptions{Owner: owner, Lookback: lookback})
+	switch {
+	case errors.Is(err, billing.ErrSweepBusy):
+		log.Debug("sweeper: another replica holds the lease", slog.String("error", err.Error()))
+	case err != nil && ctx.Err() != nil:
+		return // shutting down
+	case errors.Is(err, billing.ErrUnreadable):
+		srv.Metrics.SweepFailed()
+		srv.Metrics.SweepRecovered(res.Recovered)
+		log.Error("sweeper: pass done, but some events could not be read (logged above, by id)", slog.Int("listed", res.Listed),
+			slog.Int("missing", res.Missing), slog.Int("recovered", res.Recovered), slog.String("error", err.Error()))
+	case err != nil:
+		srv.Metrics.SweepFailed()
+		log.Error("sweeper: pass failed; the next starts from the same cursor", slog.String("error", err.Error()))
+	default:
+		srv.Metrics.SweepRecovered(res.Recovered)
+		log.Info("sweeper: pass done", slog.Int("listed", res.Listed), slog.Int("missing", res.Missing),
+			slog.Int("recovered", res.Recovered), slog.Int("failed", res.Failed))
 	}
 }
 

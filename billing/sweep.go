@@ -33,6 +33,10 @@ type SweepOptions struct {
 	// (default 10m): events can appear in the list a little after their
 	// created time, and the cursor and Stripe's clock need not agree.
 	Overlap time.Duration
+	// Unreadable, when set, is told of each event Stripe listed that
+	// lockstep cannot read (else it is logged); the pass goes on, and ends
+	// with ErrUnreadable.
+	Unreadable func(Unreadable)
 }
 
 // SweepResult is what one pass did.
@@ -48,9 +52,9 @@ type SweepResult struct {
 const sweeperName = "events"
 
 // Sweep is one pass of the sweeper: it lists Stripe's Events API from the
-// stored cursor (less an overlap) and processes, oldest first, every event
-// of a handled type that the ledger lacks, through the same path as a
-// webhook. Events in the ledger, whatever their status, are left alone
+// stored cursor (less an overlap) and processes, a page at a time as it is
+// listed (see sweep), every event of a handled type that the ledger lacks,
+// through the same path as a webhook. Events in the ledger, whatever their status, are left alone
 // (failed ones are replay's). Only one sweeper runs at a time: the lease is
 // a row taken and renewed by single statements, so it holds behind
 // PgBouncer's transaction pooling.
@@ -82,7 +86,8 @@ func (b *Bulk) Sweep(ctx context.Context, o SweepOptions) (SweepResult, error) {
 		res.From = floor // Stripe keeps 30 days
 	}
 	err = b.sweep(ctx, o, &res)
-	if err == nil {
+	if err == nil || errors.Is(err, ErrUnreadable) {
+		// Listing again would not make an unreadable event readable.
 		res.Cursor = listStart
 	}
 	if ferr := b.releaseSweepLease(ctx, o.Owner, res, err); ferr != nil && err == nil {
@@ -91,42 +96,52 @@ func (b *Bulk) Sweep(ctx context.Context, o SweepOptions) (SweepResult, error) {
 	return res, err
 }
 
+// sweepPage is how many listed events of handled types the sweeper checks
+// against the ledger, and applies, at a time.
+const sweepPage = 100
+
+// sweep lists the events and applies the missing ones page by page, as
+// they are listed: what it holds is one page, however many are missing.
+// The list is newest first, so pages apply newest first and each page
+// oldest first; the store keeps the newest snapshot of each object
+// whatever order its events arrive in, as it does for webhooks. The lease
+// is renewed after a page is applied, and only then: a pass that stops
+// moving forward (a list that does not end ends with ErrListStuck; a
+// Stripe that hangs answers nothing) lets its lease run out, and another
+// replica takes over.
 func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) error {
-	s := b.Service
 	types := slices.Sorted(maps.Keys(handledTypes))
-	var missing []*stripeapi.Event
-	var page []*stripeapi.Event
+	page := make([]*stripeapi.Event, 0, sweepPage)
 	renewed := time.Now()
-	check := func() error {
+	unreadable := 0
+	flush := func() error {
 		if len(page) == 0 {
 			return nil
 		}
-		ids := make([]string, len(page))
-		for i, ev := range page {
-			ids[i] = ev.ID
+		if err := b.applyMissing(ctx, page, res, func(u Unreadable) {
+			unreadable++
+			b.reportUnreadable(ctx, o.Unreadable, u)
+		}); err != nil {
+			return err
 		}
-		rows, err := s.db.Query(ctx, `SELECT event_id FROM stripe_events WHERE event_id = ANY($1)`, ids)
-		if err != nil {
-			return fmt.Errorf("sweep: read ledger: %w", err)
-		}
-		known, err := collectStrings(rows)
-		if err != nil {
-			return fmt.Errorf("sweep: read ledger: %w", err)
-		}
-		for _, ev := range page {
-			if !slices.Contains(known, ev.ID) {
-				missing = append(missing, ev)
-			}
-		}
+		clear(page) // let the payloads go
 		page = page[:0]
 		if time.Since(renewed) > o.Lease/4 {
 			renewed = time.Now()
-			return s.renewSweepLease(ctx, o)
+			return b.renewSweepLease(ctx, o)
 		}
 		return nil
 	}
 	for ev, err := range b.api.Events(ctx, stripeapi.ListParams{CreatedGTE: res.From}, types) {
+		if u, ok := unreadableOf("event", err); ok {
+			unreadable++
+			b.reportUnreadable(ctx, o.Unreadable, u)
+			continue
+		}
 		if err != nil {
+			if ferr := flush(); ferr != nil {
+				return ferr
+			}
 			return fmt.Errorf("sweep: list events: %w", err)
 		}
 		if _, ok := handledTypes[ev.Type]; !ok {
@@ -134,26 +149,49 @@ func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) erro
 		}
 		res.Listed++
 		page = append(page, ev)
-		if len(page) == 100 {
-			if err := check(); err != nil {
+		if len(page) == sweepPage {
+			if err := flush(); err != nil {
 				return err
 			}
 		}
 	}
-	if err := check(); err != nil {
+	if err := flush(); err != nil {
 		return err
 	}
-	res.Missing = len(missing)
-	// Oldest first, so each customer's events apply in Stripe's order; the
-	// list is newest first, so equal times keep the list's order reversed.
+	return unreadableError(unreadable)
+}
+
+// applyMissing processes, oldest first, the events of page that the ledger
+// lacks. An event whose object is not what its type promises (no customer,
+// bad JSON for its kind) is not recorded: it goes to unreadable.
+func (b *Bulk) applyMissing(ctx context.Context, page []*stripeapi.Event, res *SweepResult, unreadable func(Unreadable)) error {
+	s := b.Service
+	ids := make([]string, len(page))
+	for i, ev := range page {
+		ids[i] = ev.ID
+	}
+	rows, err := s.db.Query(ctx, `SELECT event_id FROM stripe_events WHERE event_id = ANY($1)`, ids)
+	if err != nil {
+		return fmt.Errorf("sweep: read ledger: %w", err)
+	}
+	known, err := collectStrings(rows)
+	if err != nil {
+		return fmt.Errorf("sweep: read ledger: %w", err)
+	}
+	missing := slices.DeleteFunc(slices.Clone(page), func(ev *stripeapi.Event) bool { return slices.Contains(known, ev.ID) })
+	res.Missing += len(missing)
+	// Oldest first; the list is newest first, so equal times keep the
+	// list's order reversed.
 	slices.Reverse(missing)
 	slices.SortStableFunc(missing, func(a, b *stripeapi.Event) int { return a.Created.Compare(b.Created) })
-	for i, ev := range missing {
+	for _, ev := range missing {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		r, err := s.processEvent(ctx, ev, "sweeper")
 		switch {
+		case errors.Is(err, stripeapi.ErrMalformed) && r.Outcome == "":
+			unreadable(Unreadable{Object: "event", ID: ev.ID, Reason: err.Error()})
 		case err != nil:
 			res.Failed++
 			s.log.WarnContext(ctx, "sweeper: event failed; recorded for replay", slog.String("event_id", ev.ID),
@@ -163,14 +201,18 @@ func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) erro
 			s.log.InfoContext(ctx, "sweeper: recovered a missed event", slog.String("event_id", ev.ID),
 				slog.String("type", ev.Type))
 		}
-		if i%50 == 49 && time.Since(renewed) > o.Lease/4 {
-			renewed = time.Now()
-			if err := s.renewSweepLease(ctx, o); err != nil {
-				return err
-			}
-		}
 	}
 	return nil
+}
+
+// reportUnreadable hands u to report, or else logs it.
+func (s *Service) reportUnreadable(ctx context.Context, report func(Unreadable), u Unreadable) {
+	if report != nil {
+		report(u)
+		return
+	}
+	s.log.WarnContext(ctx, "stripe sent an object lockstep can't read; skipped", slog.String("object", u.Object),
+		slog.String("id", u.ID), slog.String("reason", u.Reason))
 }
 
 // takeSweepLease takes the lease, free or run out or already ours, and

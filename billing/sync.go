@@ -49,6 +49,13 @@ type SyncOptions struct {
 	// run, that would be), and Note for every refused mapping.
 	Change func(Change)
 	Note   func(id, note string)
+	// Unreadable, when set, is told of each object Stripe listed that
+	// lockstep cannot read (else it is logged); the run goes on to its
+	// end, and then returns ErrUnreadable.
+	Unreadable func(Unreadable)
+	// Owner names this run in the scope's lease (host:pid); one sync per
+	// scope runs at a time (ErrSyncRunning).
+	Owner string
 }
 
 // SyncProgress is where a sync stands.
@@ -97,6 +104,14 @@ func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 		}
 		scope = o.Customer
 	}
+	if o.Owner == "" {
+		o.Owner = SyncOwner()
+	}
+	release, err := b.takeSyncLease(ctx, scope, o.Owner)
+	if err != nil {
+		return SyncProgress{}, err
+	}
+	defer release()
 	run := &syncRun{phase: syncPhases[0]}
 	if !o.DryRun {
 		var err error
@@ -105,7 +120,7 @@ func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 		}
 		o.Since = run.since
 	}
-	st := &syncState{s: b.Service, api: b.api, o: o, run: run, start: time.Now()}
+	st := &syncState{s: b.Service, api: b.api, o: o, run: run, start: time.Now(), scope: scope, renewed: time.Now()}
 	for _, phase := range syncPhases[:3] {
 		if phaseIndex(run.phase) > phaseIndex(phase) {
 			continue
@@ -134,7 +149,7 @@ func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 	if o.Progress != nil {
 		o.Progress(p)
 	}
-	return p, nil
+	return p, unreadableError(st.unreadable)
 }
 
 func phaseIndex(p string) int {
@@ -183,6 +198,12 @@ type syncState struct {
 	run     *syncRun
 	start   time.Time
 	readNow int64
+	object  string // the kind being listed: customer, subscription, invoice
+	// scope's lease, renewed after a page (see saveProgress)
+	scope   string
+	renewed time.Time
+	// objects listed that could not be read, reported and skipped
+	unreadable int
 }
 
 func (st *syncState) progress() SyncProgress {
@@ -231,6 +252,11 @@ func pages[T any](ctx context.Context, st *syncState, seq iter.Seq2[stripeapi.Da
 		return st.saveProgress(ctx)
 	}
 	for d, err := range seq {
+		if u, ok := unreadableOf(st.object, err); ok {
+			st.unreadable++
+			st.s.reportUnreadable(ctx, st.o.Unreadable, u)
+			continue
+		}
 		if err != nil {
 			if ferr := flush(); ferr != nil {
 				return ferr
@@ -279,6 +305,12 @@ func (st *syncState) saveProgress(ctx context.Context) error {
 	if err := st.save(ctx, false); err != nil {
 		return err
 	}
+	if time.Since(st.renewed) > syncLease/4 {
+		st.renewed = time.Now()
+		if err := st.s.renewSyncLease(ctx, st.scope, st.o.Owner); err != nil {
+			return err
+		}
+	}
 	if st.o.Progress != nil {
 		st.o.Progress(st.progress())
 	}
@@ -300,6 +332,7 @@ func (st *syncState) report(changes []Change) int {
 }
 
 func (st *syncState) customers(ctx context.Context) error {
+	st.object = "customer"
 	apply := func(ctx context.Context, d stripeapi.Dated[*stripeapi.Customer]) (int, error) {
 		changes, note, err := st.s.ApplyCustomer(ctx, d, st.opts())
 		if err != nil {
@@ -329,8 +362,10 @@ func (st *syncState) customers(ctx context.Context) error {
 func customerID(c *stripeapi.Customer) string { return c.ID }
 
 func (st *syncState) subscriptions(ctx context.Context) error {
+	st.object = "subscription"
 	return pages(ctx, st, st.api.Subscriptions(ctx, st.params()), func(s *stripeapi.Subscription) string { return s.ID },
 		func(ctx context.Context, d stripeapi.Dated[*stripeapi.Subscription]) (int, error) {
+			st.s.noteUnknownStatus(ctx, d.Obj)
 			changes, err := st.s.ApplySubscription(ctx, d, st.opts())
 			return st.report(changes), err
 		})
@@ -348,6 +383,7 @@ func (st *syncState) applyInvoice(ctx context.Context, d stripeapi.Dated[*stripe
 // page of invoices). A resumed run forgets the counts, and may keep a few
 // more of some customers: harmless.
 func (st *syncState) invoices(ctx context.Context) error {
+	st.object = "invoice"
 	seq := st.api.Invoices(ctx, st.params())
 	if st.o.Since.IsZero() {
 		seq = newestPerCustomer(seq, st.o.InvoicesPerCustomer)

@@ -21,6 +21,10 @@ type VerifyOptions struct {
 	// and Mended for each one repaired.
 	Found  func(Change)
 	Mended func(Change)
+	// Unreadable, when set, is told of each object Stripe listed that
+	// lockstep cannot read (else it is logged); the run compares the rest
+	// and then returns ErrUnreadable.
+	Unreadable func(Unreadable)
 }
 
 // VerifyResult is what a verify run found and mended.
@@ -67,7 +71,7 @@ func (b *Bulk) Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error
 	if err := b.recordVerify(ctx, scope, o.Repair, started, v.res); err != nil {
 		return v.res, err
 	}
-	return v.res, nil
+	return v.res, unreadableError(len(v.unreadable))
 }
 
 type verifier struct {
@@ -75,6 +79,24 @@ type verifier struct {
 	api Lister
 	o   VerifyOptions
 	res VerifyResult
+	// unreadable holds the ids of listed objects that could not be read:
+	// reported, and not compared.
+	unreadable map[string]bool
+}
+
+// skip reports whether err is an object to report and go on after, and
+// reports it.
+func (v *verifier) skip(ctx context.Context, object string, err error) bool {
+	u, ok := unreadableOf(object, err)
+	if !ok {
+		return false
+	}
+	if v.unreadable == nil {
+		v.unreadable = map[string]bool{}
+	}
+	v.unreadable[u.ID] = true
+	v.s.reportUnreadable(ctx, v.o.Unreadable, u)
+	return true
 }
 
 // found records a confirmed difference and, with Repair, mends it with
@@ -124,6 +146,9 @@ func (v *verifier) customers(ctx context.Context) error {
 		}
 	} else {
 		for d, err := range v.api.Customers(ctx, stripeapi.ListParams{}) {
+			if v.skip(ctx, "customer", err) {
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("verify: list customers: %w", err)
 			}
@@ -166,6 +191,9 @@ func compare[T, S any](ctx context.Context, v *verifier, stored map[string]S, li
 	for _, id := range unionKeys(stored, listed) {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if v.unreadable[id] {
+			continue // reported when listed
 		}
 		if len(k.diff(id, stored[id], listed[id])) == 0 {
 			continue
@@ -248,9 +276,13 @@ func (v *verifier) subscriptions(ctx context.Context) error {
 	}
 	listed := map[string]stripeapi.Dated[*stripeapi.Subscription]{}
 	for d, err := range v.api.Subscriptions(ctx, stripeapi.ListParams{Customer: v.o.Customer}) {
+		if v.skip(ctx, "subscription", err) {
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("verify: list subscriptions: %w", err)
 		}
+		v.s.noteUnknownStatus(ctx, d.Obj)
 		listed[d.Obj.ID] = d
 	}
 	return compare(ctx, v, stored, listed, kind[*stripeapi.Subscription, *storedSub]{

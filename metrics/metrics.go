@@ -109,7 +109,7 @@ func New() *Metrics {
 	}, []string{"share"})
 	m.Registry.MustRegister(m.webhookEvents, m.webhookRejected, m.secretMatched, m.checkoutOutcomes,
 		m.replays, m.retries, m.lockWait, m.lockHold, m.httpDuration,
-		m.sweepRecovered, m.sweepErrors, m.stripeRequests, m.stripeWait,
+		m.sweepRecovered, m.sweepErrors, m.stripeRequests, m.stripeWait, unknownEnums,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Series that exist from the start read 0 rather than "no data", so
 	// rates and ratios over them are defined before the first event.

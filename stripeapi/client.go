@@ -15,9 +15,10 @@ import (
 // Client reads objects from Stripe's API. It never holds a database
 // transaction: callers fetch first, then lock and write.
 type Client struct {
-	backend stripe.Backend
-	key     string
-	rt      *transport
+	backend  stripe.Backend
+	key      string
+	rt       *transport
+	maxPages int // per list; see Options.MaxListPages
 }
 
 // Options are NewClient's settings. The zero Options make a client with
@@ -27,6 +28,12 @@ type Options struct {
 	Budget   *Budget       // nil = no client-side limit
 	Share    Share         // Live or Bulk: which share of the budget this client draws on
 	Observer Observer      // nil allowed
+	// MaxListPages bounds every list (0 = DefaultMaxListPages); a list
+	// that goes on past it ends with ErrListStuck.
+	MaxListPages int
+	// RateLimitWait bounds the backoff on 429s per call (0 = the share's:
+	// 5s live, 60s bulk).
+	RateLimitWait time.Duration
 }
 
 // NewClient returns a client for baseURL (Stripe, stripe-mock or a test
@@ -45,13 +52,16 @@ func NewClient(baseURL, secretKey string, o Options) *Client {
 		observer: o.Observer,
 		retry:    policyFor(o.Share),
 	}
+	if o.RateLimitWait > 0 {
+		rt.retry.total = o.RateLimitWait
+	}
 	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		URL:               stripe.String(strings.TrimRight(baseURL, "/")),
 		HTTPClient:        &http.Client{Transport: rt},
 		MaxNetworkRetries: stripe.Int64(2),
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 	})
-	return &Client{backend: backend, key: secretKey, rt: rt}
+	return &Client{backend: backend, key: secretKey, rt: rt, maxPages: o.MaxListPages}
 }
 
 // getParams is a GET's parameters, shaped like stripe-go's own *Params

@@ -39,9 +39,11 @@ const maxEventTypes = 20
 // or does not exist.
 //
 // Like every list here it goes through stripe-go's list iterator, page by
-// page, parsing items with lockstep's own parsers. An iteration stops at
-// the first error, which it yields once; a consumer that stops early stops
-// the paging.
+// page, parsing items with lockstep's own parsers. An item that does not
+// parse is yielded as an *ItemError (naming it by id, with the reason) and
+// the list goes on after it; any other error ends the iteration, yielded
+// once. A list must move forward (see ErrListStuck) and ends after
+// Options.MaxListPages pages. A consumer that stops early stops the paging.
 func (c *Client) Customers(ctx context.Context, p ListParams) iter.Seq2[Dated[*Customer], error] {
 	if p.Customer != "" {
 		return func(yield func(Dated[*Customer], error) bool) {
@@ -104,7 +106,8 @@ func (c *Client) Events(ctx context.Context, p ListParams, types []string) iter.
 			if err == nil && want != nil && !want[ev.Obj.Type] {
 				continue
 			}
-			if !yield(ev.Obj, err) || err != nil {
+			var ie *ItemError
+			if !yield(ev.Obj, err) || err != nil && !errors.As(err, &ie) {
 				return
 			}
 		}
@@ -112,10 +115,12 @@ func (c *Client) Events(ctx context.Context, p ListParams, types []string) iter.
 }
 
 // listItem is one item of a page for stripe-go's iterator, which pages on
-// by the ID field of the last item it handed out.
+// by the ID field of the last item it handed out; err is set for an item
+// that did not parse (it still moves the cursor).
 type listItem[T any] struct {
 	ID string
 	Dated[T]
+	err error
 }
 
 // rawPage is one page of a list as Stripe sent it, each item's raw JSON
@@ -145,17 +150,27 @@ func list[T any](ctx context.Context, c *Client, path string, p ListParams, filt
 		if filter != nil {
 			filter(&lp.Filters)
 		}
+		fw := newForward(path, p.StartingAfter, c.maxPages)
 		it := stripe.GetIter(lp, func(sp *stripe.Params, f *form.Values) ([]any, stripe.ListContainer, error) {
-			return c.page(ctx, path, f, sp, func(raw []byte, at time.Time) (any, error) {
+			return c.page(ctx, path, f, sp, fw, func(raw []byte, at time.Time) (any, string, error) {
 				obj, err := parse(raw)
 				if err != nil {
-					return nil, err
+					rid := rawID(raw)
+					return &listItem[T]{ID: rid, err: &ItemError{List: path, ID: rid, Err: err}}, rid, nil
 				}
-				return &listItem[T]{ID: id(obj), Dated: Dated[T]{Obj: obj, At: at}}, nil
+				oid := id(obj)
+				return &listItem[T]{ID: oid, Dated: Dated[T]{Obj: obj, At: at}}, oid, nil
 			})
 		})
 		for it.Next() {
-			if !yield(it.Current().(*listItem[T]).Dated, nil) {
+			li := it.Current().(*listItem[T])
+			if li.err != nil {
+				if !yield(Dated[T]{}, li.err) {
+					return
+				}
+				continue
+			}
+			if !yield(li.Dated, nil) {
 				return
 			}
 		}
@@ -165,11 +180,109 @@ func list[T any](ctx context.Context, c *Client, path string, p ListParams, filt
 	}
 }
 
-// page fetches one page and makes its items. On an error it returns the
-// items made before it and a page without more, so that the iterator
-// hands those out and then stops with the error.
-func (c *Client) page(ctx context.Context, path string, f *form.Values, sp *stripe.Params,
-	item func(raw []byte, at time.Time) (any, error)) ([]any, stripe.ListContainer, error) {
+// ItemError is one object of a list that lockstep cannot read (bad JSON
+// for its kind, no customer, a bad id): the list yields it and goes on.
+type ItemError struct {
+	List string // the list's path, /v1/subscriptions
+	ID   string // the object's id as Stripe sent it (quoted when shown)
+	Err  error  // why; wraps ErrMalformed
+}
+
+func (e *ItemError) Error() string {
+	return fmt.Sprintf("list %s: object %q: %v", e.List, e.ID, e.Err)
+}
+
+func (e *ItemError) Unwrap() error { return e.Err }
+
+// rawID is the "id" of an item that did not parse, "" when it has none
+// (bounded, so a hostile one does not fill a log line).
+func rawID(raw []byte) string {
+	var w struct {
+		ID any `json:"id"`
+	}
+	if json.Unmarshal(raw, &w) != nil {
+		return ""
+	}
+	id, _ := w.ID.(string)
+	if len(id) > 64 {
+		id = id[:64]
+	}
+	return id
+}
+
+// ErrListStuck means a list did not move forward: a page repeated the
+// previous page's items, or was empty yet said more would come, or the
+// list went on past Options.MaxListPages. Reading it again would not end.
+var ErrListStuck = errors.New("list does not advance")
+
+// DefaultMaxListPages bounds every list: 100,000 pages of 100 objects.
+const DefaultMaxListPages = 100_000
+
+// forward checks that a list moves forward, page after page: each page's
+// ids are new (none of the previous page's, nor the cursor it was asked
+// after), and the list ends within max pages. It keeps one page of ids.
+type forward struct {
+	path  string
+	after string          // the cursor: the previous page's last id
+	prev  map[string]bool // the previous page's ids
+	pages int
+	max   int
+}
+
+func newForward(path, after string, max int) *forward {
+	if max <= 0 {
+		max = DefaultMaxListPages
+	}
+	f := &forward{path: path, after: after, prev: map[string]bool{}, max: max}
+	if after != "" {
+		f.prev[after] = true
+	}
+	return f
+}
+
+func (f *forward) where() string {
+	if f.after == "" {
+		return "the first page"
+	}
+	return fmt.Sprintf("the page after %q", f.after)
+}
+
+// check takes the ids of the next page and whether it says more will come.
+func (f *forward) check(ids []string, more bool) error {
+	f.pages++
+	switch {
+	case more && len(ids) == 0:
+		return fmt.Errorf("%w: GET %s: %s is empty and says more will come", ErrListStuck, f.path, f.where())
+	}
+	for _, id := range ids {
+		if f.prev[id] {
+			return fmt.Errorf("%w: GET %s: %s repeats %q", ErrListStuck, f.path, f.where(), id)
+		}
+	}
+	clear(f.prev)
+	for _, id := range ids {
+		f.prev[id] = true
+	}
+	if len(ids) > 0 {
+		f.after = ids[len(ids)-1]
+	}
+	return nil
+}
+
+// bound is the error after the page check took, when the list says more
+// would come past its bound of pages.
+func (f *forward) bound(more bool) error {
+	if more && f.pages >= f.max {
+		return fmt.Errorf("%w: GET %s: more than %d pages, stopped after %q", ErrListStuck, f.path, f.max, f.after)
+	}
+	return nil
+}
+
+// page fetches one page and makes its items. On an error it returns a page
+// without more, so that the iterator stops with the error: with no items,
+// but for the last page a bounded list may read.
+func (c *Client) page(ctx context.Context, path string, f *form.Values, sp *stripe.Params, fw *forward,
+	item func(raw []byte, at time.Time) (any, string, error)) ([]any, stripe.ListContainer, error) {
 	pg := &rawPage{}
 	if err := c.backend.CallRaw(http.MethodGet, path, c.key, f, sp, pg); err != nil {
 		return nil, &rawPage{}, callError(ctx, path, err)
@@ -186,17 +299,26 @@ func (c *Client) page(ctx context.Context, path string, f *form.Values, sp *stri
 		return fail("%v", err)
 	case pg.Object != "list":
 		return fail("answer is not a list")
-	case pg.HasMore && len(pg.Data) == 0:
-		return fail("empty page with more to come")
 	}
 	items := make([]any, 0, len(pg.Data))
+	ids := make([]string, 0, len(pg.Data))
 	for _, raw := range pg.Data {
-		it, err := item(raw, at)
+		it, id, err := item(raw, at)
 		if err != nil {
-			pg.HasMore = false
-			return items, pg, fmt.Errorf("%w: GET %s: %w", ErrUnavailable, path, err)
+			return fail("%v", err)
+		}
+		if id == "" {
+			return fail("an object without an id after %d of the page's", len(ids))
 		}
 		items = append(items, it)
+		ids = append(ids, id)
+	}
+	if err := fw.check(ids, pg.HasMore); err != nil {
+		return nil, &rawPage{}, err
+	}
+	if err := fw.bound(pg.HasMore); err != nil {
+		pg.HasMore = false // hand out this page's items, then the error
+		return items, pg, err
 	}
 	return items, pg, nil
 }

@@ -41,6 +41,11 @@ type listServer struct {
 	queries []url.Values          // of each request, in order
 	answers int
 	noDate  bool
+	// stuck, when set, makes every list misbehave: "repeat" answers the
+	// first page again whatever the cursor, "overlap" starts each page at
+	// the cursor itself, "empty" answers no items and has_more, "endless"
+	// says has_more after the last page.
+	stuck string
 }
 
 func newListServer(t *testing.T) *listServer {
@@ -106,13 +111,16 @@ func (s *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		kept = append(kept, it)
 	}
 	start := 0
-	if after := q.Get("starting_after"); after != "" {
+	if after := q.Get("starting_after"); after != "" && s.stuck != "repeat" {
 		i := slices.IndexFunc(kept, func(it fakeItem) bool { return it.id == after })
 		if i < 0 {
 			stripeError(w, http.StatusBadRequest, "resource_missing", "No such object: '"+after+"' (key sk_test_SECRET)")
 			return
 		}
 		start = i + 1
+		if s.stuck == "overlap" {
+			start = i
+		}
 	}
 	limit := 10
 	if v := q.Get("limit"); v != "" {
@@ -128,7 +136,16 @@ func (s *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for _, it := range kept[start:end] {
 		data = append(data, it.raw)
 	}
-	fmt.Fprintf(w, `{"object":"list","url":%q,"has_more":%t,"data":[%s]}`, r.URL.Path, end < len(kept), strings.Join(data, ","))
+	more := end < len(kept)
+	switch s.stuck {
+	case "repeat":
+		more = true
+	case "empty":
+		data, more = nil, true
+	case "endless":
+		more = true
+	}
+	fmt.Fprintf(w, `{"object":"list","url":%q,"has_more":%t,"data":[%s]}`, r.URL.Path, more, strings.Join(data, ","))
 }
 
 // stripeError answers as Stripe does, with a message that quotes a secret
@@ -376,17 +393,34 @@ func TestListErrors(t *testing.T) {
 			t.Fatalf("error %q: want status, type, code and request id, never Stripe's message", msg)
 		}
 	})
-	t.Run("a bad item ends the list after the good ones", func(t *testing.T) {
+	t.Run("a bad item is reported by id and the list goes on", func(t *testing.T) {
 		t.Parallel()
 		srv := newListServer(t)
 		srv.addCustomers(5)
-		srv.lists["/v1/customers"][3].raw = `{"id":"cus_bad'","object":"customer"}`
+		srv.lists["/v1/customers"][3] = fakeItem{id: "cus_bad'", raw: `{"id":"cus_bad'","object":"customer"}`}
+		srv.lists["/v1/customers"][1].raw = `{"id":"cus_0001","object":"customer","created":"yesterday"}`
 		ids, _, errs := collect(NewClient(srv.URL, "sk_test_x", Options{}).Customers(context.Background(), ListParams{PageSize: 2}), customerID)
-		if len(ids) != 3 || len(errs) != 1 || !errors.Is(errs[0], ErrUnavailable) || !errors.Is(errs[0], ErrMalformed) {
-			t.Fatalf("ids %v errs %v, want 3 then one malformed", ids, errs)
+		var ie *ItemError
+		if diff := cmp.Diff([]string{"cus_0000", "cus_0002", "cus_0004"}, ids); diff != "" || len(errs) != 2 ||
+			!errors.As(errs[0], &ie) || ie.ID != "cus_0001" || !errors.Is(errs[0], ErrMalformed) ||
+			!errors.As(errs[1], &ie) || ie.ID != "cus_bad'" || !strings.Contains(errs[1].Error(), `"cus_bad'"`) {
+			t.Fatalf("ids %v errs %v, want the three good ones and both bad ones by id", ids, errs)
 		}
-		if got := srv.requests(); got != 2 {
-			t.Fatalf("%d requests, want 2", got)
+		if got := srv.requests(); got != 3 {
+			t.Fatalf("%d requests, want 3 (the bad items move the cursor too)", got)
+		}
+	})
+	t.Run("a subscription without a customer is an item error", func(t *testing.T) {
+		t.Parallel()
+		srv := newListServer(t)
+		srv.addSubscriptions(3, "cus_1")
+		srv.lists["/v1/subscriptions"][1].raw = strings.Replace(srv.lists["/v1/subscriptions"][1].raw, `"customer":"cus_1"`, `"customer":null`, 1)
+		ids, _, errs := collect(NewClient(srv.URL, "sk_test_x", Options{}).Subscriptions(context.Background(), ListParams{}),
+			func(s *Subscription) string { return s.ID })
+		var ie *ItemError
+		if len(ids) != 2 || len(errs) != 1 || !errors.As(errs[0], &ie) || ie.ID != srv.lists["/v1/subscriptions"][1].id ||
+			!strings.Contains(errs[0].Error(), "customer") {
+			t.Fatalf("ids %v errs %v, want 2 and the one without a customer", ids, errs)
 		}
 	})
 	t.Run("events have no customer filter", func(t *testing.T) {
@@ -427,4 +461,77 @@ func TestCustomersOfOneCustomer(t *testing.T) {
 			t.Errorf("%+v: undated", tc.p)
 		}
 	}
+}
+
+// A list that does not move forward stops with ErrListStuck naming the
+// list and the id, after at most the pages it takes to see it.
+func TestListMustMoveForward(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		stuck, want string
+		pages       int // requests before the error
+		items       int // items yielded before it
+	}{
+		{"repeat", `GET /v1/customers: the page after "cus_0009" repeats "cus_0000"`, 2, 10},
+		{"overlap", `GET /v1/customers: the page after "cus_0009" repeats "cus_0009"`, 2, 10},
+		{"empty", `GET /v1/customers: the first page is empty and says more will come`, 1, 0},
+		{"endless", `GET /v1/customers: the page after "cus_0024" is empty and says more will come`, 4, 25},
+	} {
+		t.Run(tc.stuck, func(t *testing.T) {
+			t.Parallel()
+			srv := newListServer(t)
+			srv.addCustomers(25)
+			srv.stuck = tc.stuck
+			ids, _, errs := collect(NewClient(srv.URL, "sk_test_x", Options{}).Customers(context.Background(), ListParams{PageSize: 10}), customerID)
+			if len(errs) != 1 || !errors.Is(errs[0], ErrListStuck) || !strings.Contains(errs[0].Error(), tc.want) {
+				t.Fatalf("errs %v, want one ErrListStuck saying %s", errs, tc.want)
+			}
+			if len(ids) != tc.items || srv.requests() != tc.pages {
+				t.Fatalf("%d items in %d requests, want %d in %d", len(ids), srv.requests(), tc.items, tc.pages)
+			}
+		})
+	}
+	t.Run("a resumed list that answers its cursor", func(t *testing.T) {
+		t.Parallel()
+		srv := newListServer(t)
+		srv.addCustomers(25)
+		srv.stuck = "overlap"
+		_, _, errs := collect(NewClient(srv.URL, "sk_test_x", Options{}).Customers(context.Background(),
+			ListParams{PageSize: 10, StartingAfter: "cus_0004"}), customerID)
+		if len(errs) != 1 || !errors.Is(errs[0], ErrListStuck) || !strings.Contains(errs[0].Error(), `repeats "cus_0004"`) {
+			t.Fatalf("errs %v", errs)
+		}
+	})
+	t.Run("every list is bounded", func(t *testing.T) {
+		t.Parallel()
+		srv := newListServer(t)
+		srv.addCustomers(25)
+		c := NewClient(srv.URL, "sk_test_x", Options{MaxListPages: 2})
+		ids, _, errs := collect(c.Customers(context.Background(), ListParams{PageSize: 10}), customerID)
+		if len(ids) != 20 || len(errs) != 1 || !errors.Is(errs[0], ErrListStuck) || !strings.Contains(errs[0].Error(), `more than 2 pages, stopped after "cus_0019"`) {
+			t.Fatalf("ids %d errs %v", len(ids), errs)
+		}
+		ids, _, errs = collect(NewClient(srv.URL, "sk_test_x", Options{MaxListPages: 3}).Customers(context.Background(), ListParams{PageSize: 10}), customerID)
+		if len(ids) != 25 || len(errs) != 0 {
+			t.Fatalf("a list of exactly the bound: %d ids, errs %v", len(ids), errs)
+		}
+	})
+	t.Run("events", func(t *testing.T) {
+		t.Parallel()
+		srv := newListServer(t)
+		srv.addEvents(30, "customer.updated")
+		srv.stuck = "repeat"
+		n := 0
+		var last error
+		for _, err := range NewClient(srv.URL, "sk_test_x", Options{}).Events(context.Background(), ListParams{}, []string{"customer.updated"}) {
+			if err != nil {
+				last = err
+				continue
+			}
+			n++
+		}
+		if n != 30 || !errors.Is(last, ErrListStuck) || srv.requests() != 2 {
+			t.Fatalf("events: %d, then %v after %d requests; want 30, then stuck after 2", n, last, srv.requests())
+		}
+	})
 }

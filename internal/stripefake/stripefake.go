@@ -48,7 +48,8 @@
 // event retention. SetRateLimit answers 429 rate_limit above a request rate
 // (Throttled counts them); FailNext injects failures, SetDelay latency,
 // SetOnRequest a hook; SetEventAPIVersion is the account's API version for
-// events.
+// events. SetHostile makes the requests under a path prefix misbehave (see
+// Hostile: lists that never end, hangs, bad JSON, 429s forever, ...).
 package stripefake
 
 import (
@@ -95,6 +96,7 @@ type Server struct {
 	eventAPIVersion   string
 	limiter           limiter
 	throttled         int // 429 rate_limit answers
+	hostile           hostility
 }
 
 // New starts a fake Stripe API server; t.Cleanup closes it.
@@ -140,7 +142,7 @@ func newUnstarted() *Server {
 		customers:     map[string]Customer{},
 		invoices:      map[string]Invoice{},
 	}
-	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHTTP))
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serveHostile))
 	return s
 }
 
