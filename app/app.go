@@ -1,6 +1,8 @@
-// Package app wires lockstep together and runs its subcommands: serve,
-// migrate, locks, replay. main stays a few lines; tests build the same
-// server with NewServer.
+// Package app wires lockstep together and runs its subcommands, one table
+// of them (commands): serve, migrate, locks, replay, sync, verify, sweep,
+// prune, doctor and help; `lockstep COMMAND --help` prints each one's
+// usage. main stays a few lines; tests build the same server with
+// NewServer.
 package app
 
 import (
