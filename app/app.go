@@ -82,9 +82,18 @@ PgBouncer), else DATABASE_URL.
 `
 
 // UsageError is a command line that makes no sense. The process exits 2.
-type UsageError struct{ Msg string }
+// Cmd, when set (Run sets it), points at that command's usage.
+type UsageError struct {
+	Msg string
+	Cmd string
+}
 
-func (e *UsageError) Error() string { return e.Msg + " (lockstep help lists the commands)" }
+func (e *UsageError) Error() string {
+	if e.Cmd != "" {
+		return e.Msg + " (lockstep " + e.Cmd + " --help shows the usage)"
+	}
+	return e.Msg + " (lockstep help lists the commands)"
+}
 
 // ExitError ends the process with Code after printing Msg (when set). A
 // command uses it for an answer that is not a failure of the command, such
@@ -209,7 +218,12 @@ func Run(ctx context.Context, args []string, env Env) error {
 		return nil
 	}
 	log := logging.New(env.Stderr, logLevel(env.Getenv("LOG_LEVEL")))
-	return cmd.run(ctx, args, env, log)
+	err := cmd.run(ctx, args, env, log)
+	var usageErr *UsageError
+	if errors.As(err, &usageErr) && usageErr.Cmd == "" && name != "help" {
+		usageErr.Cmd = name
+	}
+	return err
 }
 
 func logLevel(s string) slog.Level {

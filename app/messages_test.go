@@ -216,7 +216,7 @@ func TestConvergenceBadFlags(t *testing.T) {
 		{[]string{"sweep", "--since", "-6h"}, []string{"sweep: --since wants an age"}},
 	} {
 		_, err := run(t, env, tc.args...)
-		wantLine(t, tc.args, err, 2, tc.words...)
+		wantLine(t, tc.args, err, 2, append(tc.words, "(lockstep "+tc.args[0]+" --help shows the usage)")...)
 	}
 	if n := accepted.Load(); n != 0 {
 		t.Fatalf("bad flags connected to the database %d times", n)
