@@ -14,6 +14,12 @@ PG = $(GO) run ./internal/dbtest/cmd/pgenv
 TEST_FLAGS ?=
 # How long `make fuzz` runs each fuzz target.
 FUZZTIME ?= 20s
+# How long the fuzzer may spend shrinking an input it keeps. 0 (off) for a
+# short run: the fuzzer otherwise spends most of FUZZTIME minimizing the
+# first few inputs that add coverage, and those runs are not counted (a
+# failing input is still written, unminimized; go test -run replays it).
+# FUZZMINIMIZETIME=60s is Go's default, for a long local run.
+FUZZMINIMIZETIME ?= 0
 # Fuzz targets as package:FuncName; add one for every parser of outside input.
 FUZZ_TARGETS ?= ./handlers:FuzzWebhook ./stripeapi:FuzzParse ./stripeapi:FuzzParsersAgree
 
@@ -77,7 +83,7 @@ fuzz-each:
 		fi; \
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
 		log=$$(mktemp); \
-		if ! $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" 2>&1 | tee "$$log"; then \
+		if ! $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) "$$pkg" 2>&1 | tee "$$log"; then \
 			if grep -qx '[[:space:]]*context deadline exceeded' "$$log" && ! grep -q 'Failing input written' "$$log"; then \
 				echo "fuzz $$name: 'context deadline exceeded' with no failing input is Go 1.26's fuzztime race (go.dev/issue/75804), not a finding"; \
 			else rm -f "$$log"; exit 1; fi; \
@@ -148,6 +154,14 @@ check-alerts: ## promtool: check the alert rules, run their tests, parse the das
 .PHONY: build
 build: ## build the binary into bin/lockstep
 	$(GO) build -o bin/lockstep .
+
+# `make cli` runs bin/lockstep on the database `make run` serves from, found
+# the same way (pgenv dev) and in the same development mode.
+ARGS ?= help
+
+.PHONY: cli
+cli: build ## run bin/lockstep on `make run`'s database: make cli ARGS='locks' (ARGS='sync --dry-run' ...)
+	LOCKSTEP_ENV="$${LOCKSTEP_ENV:-development}" $(PG) dev -- bin/lockstep $(ARGS)
 
 .PHONY: tidy
 tidy: ## go mod tidy

@@ -1,6 +1,8 @@
-// Package app wires lockstep together and runs its subcommands: serve,
-// migrate, locks, replay. main stays a few lines; tests build the same
-// server with NewServer.
+// Package app wires lockstep together and runs its subcommands, one table
+// of them (commands): serve, migrate, locks, replay, sync, verify, sweep,
+// prune, doctor and help; `lockstep COMMAND --help` prints each one's
+// usage. main stays a few lines; tests build the same server with
+// NewServer.
 package app
 
 import (
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/lockstep/lockstep/billing"
@@ -56,12 +59,44 @@ commands:
   access USER_ID [--feature KEY]
                         print the paywall's decision for a user (the JSON of
                         GET /api/users/{user_id}/access)
+  help [COMMAND]        this list, or one command's usage
+
+Every command prints its usage with -h or --help.
+`
+
+const serveUsage = `usage: lockstep serve
+
+Migrates the database to the latest schema, then serves HTTP on LISTEN_ADDR
+(default 127.0.0.1:8080) until SIGINT or SIGTERM. serve is also what
+lockstep runs with no command. Configuration: the environment (DATABASE_URL,
+STRIPE_WEBHOOK_SECRET, STRIPE_SECRET_KEY, APP_API_TOKEN, ADMIN_TOKEN, ...; see
+the README); LOCKSTEP_ENV=development fills unset secrets with printed
+development values.
+`
+
+const migrateUsage = `usage: lockstep migrate up
+       lockstep migrate down N
+       lockstep migrate version
+
+up applies every pending migration, down N rolls back N of them, and
+version prints the schema version (reading only: it creates nothing).
+They run on MIGRATE_DATABASE_URL when set (a direct connection, not
+PgBouncer), else DATABASE_URL.
 `
 
 // UsageError is a command line that makes no sense. The process exits 2.
-type UsageError struct{ Msg string }
+// Cmd, when set (Run sets it), points at that command's usage.
+type UsageError struct {
+	Msg string
+	Cmd string
+}
 
-func (e *UsageError) Error() string { return e.Msg + " (lockstep help lists the commands)" }
+func (e *UsageError) Error() string {
+	if e.Cmd != "" {
+		return e.Msg + " (lockstep " + e.Cmd + " --help shows the usage)"
+	}
+	return e.Msg + " (lockstep help lists the commands)"
+}
 
 // ExitError ends the process with Code after printing Msg (when set). A
 // command uses it for an answer that is not a failure of the command, such
@@ -89,42 +124,112 @@ func ExitCode(err error) int {
 	return 1
 }
 
-// Run runs the command named by args.
-func Run(ctx context.Context, args []string, env Env) error {
-	cmd := "serve"
-	if len(args) > 0 {
-		cmd, args = args[0], args[1:]
+// command is one subcommand: the usage its -h and --help print, and what
+// runs it.
+type command struct {
+	usage string
+	run   func(ctx context.Context, args []string, env Env, log *slog.Logger) error
+}
+
+// commands is every subcommand by name. Each one's usage starts with
+// "usage: lockstep NAME", and `lockstep NAME -h` prints it without reading
+// the configuration (TestEveryCommandHelp holds each entry to that).
+var commands map[string]command
+
+func init() {
+	// Assigned here, not in the declaration: help refers to commands.
+	commands = map[string]command{
+		"serve": {serveUsage, func(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+			if len(args) > 0 {
+				return &UsageError{Msg: "serve takes no arguments"}
+			}
+			return serve(ctx, env, log)
+		}},
+		"migrate": {migrateUsage, func(ctx context.Context, args []string, env Env, _ *slog.Logger) error {
+			return migrateCmd(ctx, args, env)
+		}},
+		"locks": {locksUsage, func(ctx context.Context, args []string, env Env, _ *slog.Logger) error {
+			return locksCmd(ctx, args, env)
+		}},
+		"replay": {replayUsage, replayCmd},
+		"sync":   {syncUsage, syncCmd},
+		"verify": {verifyUsage, verifyCmd},
+		"sweep":  {sweepUsage, sweepCmd},
+		"prune": {pruneUsage, func(ctx context.Context, args []string, env Env, _ *slog.Logger) error {
+			return pruneCmd(ctx, args, env)
+		}},
+		"doctor": {doctorUsage, func(ctx context.Context, args []string, env Env, _ *slog.Logger) error {
+			return doctorCmd(ctx, args, env)
+		}},
+		"access": {accessUsage, func(ctx context.Context, args []string, env Env, _ *slog.Logger) error {
+			return accessCmd(ctx, args, env)
+		}},
+		"help": {helpUsage, func(_ context.Context, args []string, env Env, _ *slog.Logger) error {
+			return helpCmd(args, env)
+		}},
 	}
-	log := logging.New(env.Stderr, logLevel(env.Getenv("LOG_LEVEL")))
-	switch cmd {
-	case "serve":
-		if len(args) > 0 {
-			return &UsageError{Msg: "serve takes no arguments"}
-		}
-		return serve(ctx, env, log)
-	case "migrate":
-		return migrateCmd(args, env)
-	case "locks":
-		return locksCmd(ctx, args, env)
-	case "replay":
-		return replayCmd(ctx, args, env, log)
-	case "sync":
-		return syncCmd(ctx, args, env, log)
-	case "verify":
-		return verifyCmd(ctx, args, env, log)
-	case "sweep":
-		return sweepCmd(ctx, args, env, log)
-	case "prune":
-		return pruneCmd(ctx, args, env)
-	case "doctor":
-		return doctorCmd(ctx, args, env)
-	case "access":
-		return accessCmd(ctx, args, env)
-	case "help", "-h", "--help":
+}
+
+const helpUsage = `usage: lockstep help [COMMAND]
+
+Lists the commands, or prints one command's usage (the same as
+lockstep COMMAND --help).
+`
+
+func helpCmd(args []string, env Env) error {
+	switch {
+	case len(args) == 0:
 		_, _ = io.WriteString(env.Stdout, usage)
+	case len(args) == 1 && commands[args[0]].usage != "":
+		_, _ = io.WriteString(env.Stdout, commands[args[0]].usage)
+	case len(args) == 1:
+		return &UsageError{Msg: fmt.Sprintf("help: unknown command %q", args[0])}
+	default:
+		return &UsageError{Msg: "help takes at most one COMMAND"}
+	}
+	return nil
+}
+
+// wantsHelp reports whether args ask for the usage: -h, -help or --help
+// anywhere before a "--".
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
+}
+
+// Run runs the command named by args. `COMMAND -h` (or --help) prints that
+// command's usage and does nothing else: no configuration is read and no
+// database is touched.
+func Run(ctx context.Context, args []string, env Env) error {
+	name := "serve"
+	if len(args) > 0 {
+		name, args = args[0], args[1:]
+	}
+	if name == "-h" || name == "-help" || name == "--help" {
+		name, args = "help", nil
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		return &UsageError{Msg: fmt.Sprintf("unknown command %q", name)}
+	}
+	if wantsHelp(args) {
+		_, _ = io.WriteString(env.Stdout, cmd.usage)
 		return nil
 	}
-	return &UsageError{Msg: fmt.Sprintf("unknown command %q", cmd)}
+	log := logging.New(env.Stderr, logLevel(env.Getenv("LOG_LEVEL")))
+	err := cmd.run(ctx, args, env, log)
+	var usageErr *UsageError
+	if errors.As(err, &usageErr) && usageErr.Cmd == "" && name != "help" {
+		usageErr.Cmd = name
+	}
+	return err
 }
 
 func logLevel(s string) slog.Level {
@@ -182,14 +287,15 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 }
 
 // Ready reports whether the database answers and its schema is the latest
-// this binary knows.
+// this binary knows. Its own findings wrap nothing (/readyz shows them);
+// a driver's error is wrapped (/readyz only logs it).
 func Ready(ctx context.Context, pool *pgxpool.Pool) error {
-	var version int64
-	var dirty bool
-	err := pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	version, dirty, found, err := schemaState(ctx, pool)
 	switch {
 	case err != nil:
 		return fmt.Errorf("database: %w", err)
+	case !found:
+		return fmt.Errorf("database never migrated: run lockstep migrate up")
 	case dirty:
 		return fmt.Errorf("schema version %d is dirty (a migration failed)", version)
 	case version != int64(schema.Latest):
@@ -212,7 +318,7 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	}
 	log.Info("starting", slog.String("config", cfg.String()))
 	if err := schema.Up(cfg.MigrateURL()); err != nil {
-		return err
+		return connectError(err)
 	}
 	pool, err := lockmgr.OpenPool(ctx, cfg.DatabaseURL, cfg.MaxConns)
 	if err != nil {
@@ -279,32 +385,57 @@ func devValue(cfg *config.Config, name string) string {
 	return ""
 }
 
-func migrateCmd(args []string, env Env) error {
+func migrateCmd(ctx context.Context, args []string, env Env) error {
+	switch {
+	case len(args) == 1 && (args[0] == "up" || args[0] == "version"):
+	case len(args) == 2 && args[0] == "down":
+		if n, err := strconv.Atoi(args[1]); err != nil || n < 1 {
+			return &UsageError{Msg: fmt.Sprintf("migrate down: N must be a positive number, got %q", args[1])}
+		}
+	default:
+		return &UsageError{Msg: "migrate takes up, down N or version"}
+	}
 	cfg, err := config.Load(env.Getenv, config.NeedDatabase)
 	if err != nil {
 		return err
 	}
-	switch {
-	case len(args) == 1 && args[0] == "up":
-		if err := schema.Up(cfg.MigrateURL()); err != nil {
-			return err
-		}
-	case len(args) == 2 && args[0] == "down":
-		n, err := strconv.Atoi(args[1])
-		if err != nil || n < 1 {
-			return &UsageError{Msg: fmt.Sprintf("migrate down: N must be a positive number, got %q", args[1])}
-		}
-		if err := schema.Down(cfg.MigrateURL(), n); err != nil {
-			return err
-		}
-	case len(args) == 1 && args[0] == "version":
-	default:
-		return &UsageError{Msg: "migrate takes up, down N or version"}
+	switch args[0] {
+	case "up":
+		err = schema.Up(cfg.MigrateURL())
+	case "down":
+		n, _ := strconv.Atoi(args[1])
+		err = schema.Down(cfg.MigrateURL(), n)
 	}
-	v, dirty, err := schema.Version(cfg.MigrateURL())
 	if err != nil {
-		return err
+		return connectError(err)
 	}
-	fmt.Fprintf(env.Stdout, "schema version %d (latest %d)%s\n", v, schema.Latest, map[bool]string{true: " DIRTY", false: ""}[dirty])
+	return printSchemaVersion(ctx, cfg.MigrateURL(), env)
+}
+
+// printSchemaVersion prints the schema version of the database at url. It
+// only reads (golang-migrate's own Version would create schema_migrations
+// on a database never migrated), over one connection in the simple
+// protocol, which works through any pooler.
+func printSchemaVersion(ctx context.Context, url string, env Env) error {
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		return fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	cc.DefaultQueryExecMode = pgx.QueryExecModeSimpleProtocol
+	cc.RuntimeParams["application_name"] = "lockstep migrate"
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return connectError(err)
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	version, dirty, found, err := schemaState(ctx, conn)
+	switch {
+	case err != nil:
+		return fmt.Errorf("read the schema version: %w", err)
+	case !found:
+		fmt.Fprintf(env.Stdout, "no schema (run lockstep migrate up to reach version %d)\n", schema.Latest)
+		return nil
+	}
+	fmt.Fprintf(env.Stdout, "schema version %d (latest %d)%s\n", version, schema.Latest, map[bool]string{true: " DIRTY", false: ""}[dirty])
 	return nil
 }

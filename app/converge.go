@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -42,16 +43,20 @@ type bulk struct {
 	close func()
 }
 
-// parseSince reads --since: a time (RFC 3339 or a date, 2026-01-31) or an
-// age (72h, 30d) counted back from now.
+// parseSince reads --since: a time (RFC 3339 or a date, 2026-01-31) not
+// after now, or an age (72h, 30d) counted back from now.
 func parseSince(s string, now time.Time) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, nil
 	}
-	if t, err := time.Parse(time.RFC3339, s); err == nil {
-		return t, nil
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		t, err = time.Parse(time.DateOnly, s)
 	}
-	if t, err := time.Parse(time.DateOnly, s); err == nil {
+	switch {
+	case err == nil && t.After(now):
+		return time.Time{}, fmt.Errorf("--since %s is in the future; give a past time (2026-01-31) or an age (72h, 30d)", s)
+	case err == nil:
 		return t, nil
 	}
 	if d, err := config.ParseAge(s); err == nil && d > 0 {
@@ -60,19 +65,28 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("--since wants a time (2026-01-31, 2026-01-31T12:00:00Z) or an age (72h, 30d), got %q", s)
 }
 
-func checkCustomerFlag(cmd, id string) error {
+// checkCustomerFlag refuses a --customer that is not a customer id. An
+// empty one given on purpose (--customer "", a variable that was unset)
+// is refused too: it would otherwise mean the whole account.
+func checkCustomerFlag(fs *commandFlags, id string) error {
+	cmd := fs.Name()
+	if isSet(fs, "customer") && strings.TrimSpace(id) == "" {
+		return &UsageError{Msg: fmt.Sprintf("%s: --customer is empty; give a Stripe customer id (cus_...), or leave the flag out for the whole account", cmd)}
+	}
 	if id != "" && !stripeapi.ValidID(id, "cus_") {
 		return &UsageError{Msg: fmt.Sprintf("%s: --customer wants a Stripe customer id (cus_...), got %q", cmd, id)}
 	}
 	return nil
 }
 
-func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	fs := newFlags("sync", `usage: lockstep sync [--customer cus_...] [--since T] [--dry-run] [--invoices N] [--page-size N]
+const syncUsage = `usage: lockstep sync [--customer cus_...] [--since T] [--dry-run] [--invoices N] [--page-size N]
 
 Backfills customers, subscriptions and invoices from Stripe's lists, each
 under its customer's lock; run again to continue an interrupted sync.
-`, env)
+`
+
+func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+	fs := newFlags("sync", syncUsage, env)
 	customer := fs.String("customer", "", "")
 	since := fs.String("since", "", "")
 	dryRun := fs.Bool("dry-run", false, "")
@@ -81,7 +95,7 @@ under its customer's lock; run again to continue an interrupted sync.
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if err := checkCustomerFlag("sync", *customer); err != nil {
+	if err := checkCustomerFlag(fs, *customer); err != nil {
 		return err
 	}
 	cut, err := parseSince(*since, time.Now())
@@ -131,11 +145,52 @@ under its customer's lock; run again to continue an interrupted sync.
 		return fmt.Errorf("sync: done, but %w", err)
 	case err != nil && ctx.Err() != nil:
 		return &ExitError{Code: 130, Msg: fmt.Sprintf("sync interrupted in %s: %s; run it again to continue", p.Phase, summary)}
+	case err != nil && stripeAdvice(err) != "":
+		return &explained{msg: fmt.Sprintf("sync stopped in %s (%s): %s", p.Phase, summary, stripeAdvice(err)), err: err}
 	case err != nil:
-		return fmt.Errorf("sync stopped in %s (%s; run it again to continue): %w", p.Phase, summary, err)
+		return &explained{msg: fmt.Sprintf("sync stopped in %s (%s; run it again to continue): %s", p.Phase, summary,
+			strings.TrimPrefix(err.Error(), "sync: ")), err: err}
 	}
 	fmt.Fprintf(env.Stdout, "sync done: %s\n", summary)
 	return nil
+}
+
+// isSet reports whether the command line gave flag name.
+func isSet(fs *commandFlags, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// commandError is err said under the command's name once ("verify: ...",
+// never "verify: verify: ..." when billing's error already names it), or,
+// for a Stripe key that was refused, what to do about the key.
+func commandError(name string, err error) error {
+	if advice := stripeAdvice(err); advice != "" {
+		return &explained{msg: name + ": " + advice, err: err}
+	}
+	if strings.HasPrefix(err.Error(), name+": ") {
+		return err
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// stripeAdvice says what to do about a Stripe answer that running again
+// will not mend (the key refused), or "" for any other error. Stripe's own
+// message is never repeated: it can quote the key.
+func stripeAdvice(err error) string {
+	where := ""
+	var apiErr *stripeapi.APIError
+	if errors.As(err, &apiErr) {
+		where = fmt.Sprintf(", GET %s, request %s", apiErr.Path, apiErr.RequestID)
+	}
+	switch {
+	case errors.Is(err, stripeapi.ErrUnauthorized):
+		return "Stripe rejected STRIPE_SECRET_KEY (HTTP 401" + where + "): set it to a valid secret (sk_) or restricted (rk_) key of this Stripe account; lockstep doctor checks it"
+	case errors.Is(err, stripeapi.ErrForbidden):
+		return "STRIPE_SECRET_KEY lacks a permission this read needs (HTTP 403" + where + "): give the restricted key read access to Checkout Sessions, Customers, Subscriptions, Invoices, Products, Prices, Entitlements and Events, or use a secret key; lockstep doctor checks it"
+	}
+	return ""
 }
 
 func syncLine(p billing.SyncProgress) string {
@@ -151,18 +206,20 @@ func rate(n int64, d time.Duration) float64 {
 	return float64(n) / d.Seconds()
 }
 
-func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	fs := newFlags("verify", `usage: lockstep verify [--customer cus_...] [--repair]
+const verifyUsage = `usage: lockstep verify [--customer cus_...] [--repair]
 
 Compares stored customers, mappings and subscriptions with Stripe's, one line
 per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
-`, env)
+`
+
+func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+	fs := newFlags("verify", verifyUsage, env)
 	customer := fs.String("customer", "", "")
 	repair := fs.Bool("repair", false, "")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if err := checkCustomerFlag("verify", *customer); err != nil {
+	if err := checkCustomerFlag(fs, *customer); err != nil {
 		return err
 	}
 	b, err := bulkService(ctx, env, log)
@@ -183,7 +240,7 @@ per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
 		done, err = fmt.Errorf("verify: compared the rest, but %w", err), nil
 	}
 	if err != nil {
-		return fmt.Errorf("verify: %w", err)
+		return commandError("verify", err)
 	}
 	switch {
 	case len(res.Found) == 0:
@@ -202,12 +259,14 @@ per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
 	return &ExitError{Code: 3, Msg: fmt.Sprintf("verify: %d differences found (verify --repair mends them)", len(res.Found))}
 }
 
-func sweepCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	fs := newFlags("sweep", `usage: lockstep sweep [--since AGE]
+const sweepUsage = `usage: lockstep sweep [--since AGE]
 
 One pass of the missed-event sweeper over Stripe's Events API, from the stored
 cursor or AGE back (at most 30d).
-`, env)
+`
+
+func sweepCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
+	fs := newFlags("sweep", sweepUsage, env)
 	since := fs.String("since", "", "")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -232,7 +291,7 @@ cursor or AGE back (at most 30d).
 		return fmt.Errorf("sweep: pass done, but %w", err)
 	}
 	if err != nil {
-		return fmt.Errorf("sweep: %w", err)
+		return commandError("sweep", err)
 	}
 	fmt.Fprintln(env.Stdout, sweepLine(res))
 	return nil

@@ -141,7 +141,7 @@ func databaseChecks(ctx context.Context, cfg *config.Config) []check {
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, cc)
 	if err != nil {
-		out = append(out, check{"database", checkFail, "cannot connect: " + oneLine(err)})
+		out = append(out, check{"database", checkFail, oneLine(connectError(err))})
 		for _, name := range []string{"schema", "locks"} {
 			out = append(out, check{name, checkFail, "not checked: no database connection"})
 		}

@@ -23,7 +23,8 @@ import (
 )
 
 // openForCommand loads the configuration a command needs, opens a pool of
-// maxConns on the database and checks that its schema is current.
+// maxConns on the database and checks, once, that its schema is the one this
+// binary knows (an error that says what to run if not).
 func openForCommand(ctx context.Context, env Env, needs config.Needs, maxConns int32) (*config.Config, *pgxpool.Pool, error) {
 	cfg, err := config.Load(env.Getenv, config.NeedDatabase|needs)
 	if err != nil {
@@ -33,7 +34,7 @@ func openForCommand(ctx context.Context, env Env, needs config.Needs, maxConns i
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := Ready(ctx, pool); err != nil {
+	if err := checkSchema(ctx, pool); err != nil {
 		pool.Close()
 		return nil, nil, err
 	}
@@ -84,6 +85,14 @@ func lockManager(cfg *config.Config, pool *pgxpool.Pool, obs lockmgr.Observer, l
 	}
 	return lockmgr.New(pool, lcfg, obs, log)
 }
+
+const locksUsage = `usage: lockstep locks [--json]
+
+Prints the customer advisory locks held or awaited right now, one row each:
+the customer, the backend's pid, granted or waiting, for how long, whom it
+waits for, and what the holder is doing. --json prints the document
+GET /admin/locks returns.
+`
 
 func locksCmd(ctx context.Context, args []string, env Env) error {
 	asJSON := false
@@ -176,6 +185,14 @@ func or(s, def string) string {
 	}
 	return s
 }
+
+const replayUsage = `usage: lockstep replay EVENT_ID
+       lockstep replay --failed
+
+Processes stored events again, through the same locks as the live writers:
+one event by id (evt_...), or every failed event, oldest first. Exits 1 when
+an event fails again.
+`
 
 func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
 	if len(args) != 1 {

@@ -206,8 +206,8 @@ func (c *Config) fill(secrets string, add func(v, reason string)) {
 		add("STRIPE_WEBHOOK_SECRET", "is required (one or more whsec_ secrets, comma-separated)")
 	}
 	for i, s := range c.WebhookSecrets {
-		if !strings.HasPrefix(s, "whsec_") || len(s) < len("whsec_")+8 {
-			add("STRIPE_WEBHOOK_SECRET", fmt.Sprintf("secret #%d is not a whsec_ secret", i+1))
+		if reason := webhookSecretProblem(s); reason != "" {
+			add("STRIPE_WEBHOOK_SECRET", fmt.Sprintf("secret #%d %s", i+1, reason))
 		}
 	}
 	if c.AppAPIToken == "" {
@@ -220,6 +220,25 @@ func (c *Config) fill(secrets string, add func(v, reason string)) {
 	} else if len(c.AdminToken) < 12 && !c.Development {
 		add("ADMIN_TOKEN", "must be at least 12 characters")
 	}
+}
+
+// minWebhookSecret is the fewest characters lockstep takes after whsec_
+// (Stripe's secrets have 32).
+const minWebhookSecret = 8
+
+// webhookSecretProblem says what is wrong with one STRIPE_WEBHOOK_SECRET
+// entry, or "". It never quotes the secret.
+func webhookSecretProblem(s string) string {
+	body, ok := strings.CutPrefix(s, "whsec_")
+	switch {
+	case !ok:
+		return "does not start with whsec_ (copy the signing secret from the webhook endpoint in Stripe's dashboard, or from stripe listen)"
+	case strings.Contains(body, "whsec_") || strings.ContainsAny(body, "; \t"):
+		return "holds more than one secret: separate secrets with commas (whsec_a...,whsec_b...)"
+	case len(body) < minWebhookSecret:
+		return fmt.Sprintf("is too short: %d characters after whsec_, want at least %d (Stripe's have 32); was it cut off?", len(body), minWebhookSecret)
+	}
+	return ""
 }
 
 func checkPostgresURL(s string) error {

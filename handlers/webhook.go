@@ -20,28 +20,25 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			s.Metrics.WebhookRejected("too_large")
-			writeError(w, http.StatusRequestEntityTooLarge, "body over 1 MiB")
+			s.refuse(w, r, http.StatusRequestEntityTooLarge, "too_large", "body over 1 MiB")
 			return
 		}
-		writeError(w, http.StatusBadRequest, "cannot read body")
+		s.refuse(w, r, http.StatusBadRequest, "unreadable", "cannot read body")
 		return
 	}
 	idx, err := s.Verifier.Verify(body, r.Header.Get("Stripe-Signature"))
 	if err != nil {
-		reason := "signature"
+		kind := "signature"
 		if errors.Is(err, stripeapi.ErrTooOld) {
-			reason = "too_old"
+			kind = "too_old"
 		}
-		s.Metrics.WebhookRejected(reason)
-		writeError(w, http.StatusBadRequest, err.Error())
+		s.refuse(w, r, http.StatusBadRequest, kind, err.Error())
 		return
 	}
 	s.Metrics.SecretMatched(idx)
 	ev, err := stripeapi.ParseEvent(body)
 	if err != nil {
-		s.Metrics.WebhookRejected("malformed")
-		writeError(w, http.StatusBadRequest, err.Error())
+		s.refuse(w, r, http.StatusBadRequest, "malformed", err.Error())
 		return
 	}
 	ctx := logging.With(r.Context(), slog.String("event_id", ev.ID), slog.String("event_type", ev.Type))
@@ -49,8 +46,7 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 	// malformed object is refused there, so it is parsed once.
 	res, err := s.Billing.ProcessEvent(ctx, ev)
 	if errors.Is(err, stripeapi.ErrMalformed) {
-		s.Metrics.WebhookRejected("malformed")
-		writeError(w, http.StatusBadRequest, err.Error())
+		s.refuse(w, r.WithContext(ctx), http.StatusBadRequest, "malformed", err.Error())
 		return
 	}
 	if err != nil {
@@ -72,6 +68,18 @@ func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
 		out["note"] = res.Note
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// refuse answers a webhook that no redelivery can mend with code and
+// reason, counts it by kind, and puts both in the request's log line. The
+// reason is the verifier's or parser's, which names no secret, signature
+// or body content beyond ids.
+func (s *server) refuse(w http.ResponseWriter, r *http.Request, code int, kind, reason string) {
+	if kind != "unreadable" {
+		s.Metrics.WebhookRejected(kind)
+	}
+	logging.With(r.Context(), slog.String("refused", kind), slog.String("reason", reason))
+	writeError(w, code, reason)
 }
 
 // readBody reads the request body, at most limit bytes (a longer one fails

@@ -312,6 +312,8 @@ func TestLogsCarryIDsNotSecrets(t *testing.T) {
 	post("ops-logs-garbage", ev, "t=notanumber,v1=deadbeef")
 	post("ops-logs-unsigned", ev, "")
 	post("ops-logs-old", ev, stripefake.SignatureHeader(ev, secretNew, time.Now().Add(-time.Hour)))
+	notEvent := []byte(`{"object":"customer","id":"cus_x"}`)
+	post("ops-logs-notevent", notEvent, stripefake.SignatureHeader(notEvent, secretNew, time.Now()))
 	for _, tok := range []string{"wrong-app-token-zzz", appToken} {
 		req, _ := http.NewRequest(http.MethodPost, b.srv.URL+"/api/checkout/success",
 			strings.NewReader(fmt.Sprintf(`{"session_id":%q,"user_id":%q}`, fx.session, fx.user)))
@@ -360,6 +362,20 @@ func TestLogsCarryIDsNotSecrets(t *testing.T) {
 	find("http request", map[string]any{"request_id": "ops-logs-good", "event_id": evID,
 		"event_type": "checkout.session.completed", "route": "/webhooks/stripe", "status": float64(200)})
 	find("http request", map[string]any{"request_id": "ops-logs-badsig", "status": float64(400)})
+	// A refused webhook's line says why (never with the signature: above).
+	for id, why := range map[string][2]string{
+		"ops-logs-badsig":   {"signature", "no valid signature for any configured secret"},
+		"ops-logs-unsigned": {"signature", "missing Stripe-Signature header"},
+		"ops-logs-old":      {"too_old", "signature timestamp outside the tolerance"},
+		"ops-logs-notevent": {"malformed", "not a valid stripe object: event: object is not \"event\""},
+	} {
+		find("http request", map[string]any{"request_id": id, "status": float64(400), "refused": why[0], "reason": why[1]})
+	}
+	if l := find("http request", map[string]any{"request_id": "ops-logs-garbage", "refused": "signature"}); l != nil {
+		if r, _ := l["reason"].(string); !strings.HasPrefix(r, "malformed Stripe-Signature header") {
+			t.Errorf("garbage signature's reason: %q", r)
+		}
+	}
 	find("http request", map[string]any{"request_id": "ops-logs-checkout", "session_id": fx.session, "status": float64(200)})
 	find("http request", map[string]any{"request_id": "ops-logs-checkout", "status": float64(401)})
 	failedLine := find("webhook event failed", map[string]any{"event_id": eventID(t, failing), "status": float64(503)})

@@ -3,12 +3,34 @@ package lockmgr
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
+
+var (
+	// ErrEmptyCustomer is returned for a transaction asked to lock no customer.
+	ErrEmptyCustomer = errors.New("lockmgr: empty customer id")
+	// ErrCustomerBusy is returned when the retry budget ran out while the
+	// writer queued behind others of this process for the same customer. It
+	// is transient: the customer's lock was held all that time.
+	ErrCustomerBusy = errors.New("lockmgr: customer busy: retry budget spent waiting for its lock")
+)
+
+// RetryError is returned when transient failures outlived the retry budget.
+type RetryError struct {
+	Attempts int
+	Err      error
+}
+
+func (e *RetryError) Error() string {
+	return fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, e.Err)
+}
+
+func (e *RetryError) Unwrap() error { return e.Err }
 
 // Class is what lockmgr makes of a database error: whether trying the same
 // transaction again can succeed.

@@ -42,15 +42,6 @@ const UserLockClass = 1280529491
 // may hold a pool connection at once (see the package comment).
 const WritersPerCustomer = 2
 
-var (
-	// ErrEmptyCustomer is returned for a transaction asked to lock no customer.
-	ErrEmptyCustomer = errors.New("lockmgr: empty customer id")
-	// ErrCustomerBusy is returned when the retry budget ran out while the
-	// writer queued behind others of this process for the same customer. It
-	// is transient: the customer's lock was held all that time.
-	ErrCustomerBusy = errors.New("lockmgr: customer busy: retry budget spent waiting for its lock")
-)
-
 // Config bounds how long a writer may wait and retry.
 type Config struct {
 	// LockTimeout is SET LOCAL lock_timeout for every transaction: how long
@@ -124,7 +115,8 @@ func New(pool *pgxpool.Pool, cfg Config, obs Observer, log *slog.Logger) *Manage
 func (m *Manager) Pool() *pgxpool.Pool { return m.pool }
 
 // Who names a transaction for pg_stat_activity: the writer ("webhook",
-// "checkout", "replay") and what it works on (an event or session id).
+// "checkout", "replay", "sweeper", "sync", "verify") and what it works on
+// (an event, session or customer id).
 type Who struct {
 	Writer string
 	Ref    string
@@ -156,8 +148,9 @@ func (w Who) applicationName() string {
 // when fn returns nil and rolled back otherwise (or on panic). Transient
 // failures (see Classify) retry the whole transaction with exponential
 // backoff and jitter until RetryBudget is spent or ctx is done; fn must
-// therefore be safe to run again, and must not call out of the database. An error fn marks with backoff.Permanent, or
-// any permanent error, stops at once.
+// therefore be safe to run again, and must not call out of the database.
+// An error fn marks with backoff.Permanent, or any permanent error, stops
+// at once.
 //
 // Each attempt first queues in memory behind this Manager's other writers
 // for the same customer (see the package comment); a writer still queued
@@ -212,18 +205,6 @@ func (m *Manager) InCustomerTx(ctx context.Context, customerID string, who Who, 
 	}
 	return err
 }
-
-// RetryError is returned when transient failures outlived the retry budget.
-type RetryError struct {
-	Attempts int
-	Err      error
-}
-
-func (e *RetryError) Error() string {
-	return fmt.Sprintf("gave up after %d attempts: %v", e.Attempts, e.Err)
-}
-
-func (e *RetryError) Unwrap() error { return e.Err }
 
 // attempt is one try: begin and lock (with fn's first statements), fn,
 // commit. queued is when the attempt began to wait for its turn, for the

@@ -103,18 +103,18 @@ func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte
 }
 
 // callError is what a failed GET of path returns: the context's error
-// when it ended, else ErrUnavailable with what Stripe said. Stripe's
-// message can quote the API key ("Invalid API Key provided:
-// sk_test_****abcd"), so errors carry its status, type, code and request
-// id, never its text.
+// when it ended, else ErrUnavailable with what Stripe said (an *APIError
+// when Stripe answered with an error). Stripe's message can quote the API
+// key ("Invalid API Key provided: sk_test_****abcd"), so errors carry its
+// status, type, code and request id, never its text.
 func callError(ctx context.Context, path string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	var serr *stripe.Error
 	if errors.As(err, &serr) {
-		return fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
-			serr.HTTPStatusCode, serr.Type, serr.Code, serr.RequestID)
+		return &APIError{Path: path, Status: serr.HTTPStatusCode, Type: string(serr.Type),
+			Code: string(serr.Code), RequestID: serr.RequestID}
 	}
 	var uerr *url.Error
 	if errors.As(err, &uerr) { // no answer: the transport's error
@@ -123,6 +123,38 @@ func callError(ctx context.Context, path string, err error) error {
 	// An answer stripe-go could not read as Stripe's error; its text is a
 	// sample of the body, which is Stripe's (or a proxy's) text.
 	return fmt.Errorf("%w: GET %s: unreadable answer", ErrUnavailable, path)
+}
+
+// APIError is an error answer from Stripe: its status, type, code and
+// request id, never its message (which can quote the key). It matches
+// ErrUnavailable, and also ErrUnauthorized (401) or ErrForbidden (403).
+type APIError struct {
+	Path      string
+	Status    int
+	Type      string
+	Code      string
+	RequestID string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("%v: GET %s: HTTP %d %s %s (request %s)", e.kind(), e.Path, e.Status, e.Type, e.Code, e.RequestID)
+}
+
+func (e *APIError) kind() error {
+	switch e.Status {
+	case http.StatusUnauthorized:
+		return ErrUnauthorized
+	case http.StatusForbidden:
+		return ErrForbidden
+	}
+	return ErrUnavailable
+}
+
+func (e *APIError) Unwrap() []error {
+	if k := e.kind(); k != ErrUnavailable {
+		return []error{k, ErrUnavailable}
+	}
+	return []error{ErrUnavailable}
 }
 
 // responseTime is the Date header of a Stripe answer: when Stripe read what

@@ -25,6 +25,13 @@ var (
 	ErrMalformed   = errors.New("not a valid stripe object")
 	ErrNotFound    = errors.New("stripe object not found")
 	ErrUnavailable = errors.New("stripe api unavailable")
+	// ErrUnauthorized and ErrForbidden are Stripe refusing the key itself
+	// (401: unknown, revoked or expired; 403: a restricted key without the
+	// permission). Running again does not help; the key must change. Each
+	// also matches ErrUnavailable: for an HTTP caller the API is just as
+	// unavailable.
+	ErrUnauthorized = errors.New("stripe rejected the api key")
+	ErrForbidden    = errors.New("stripe api key lacks a permission")
 )
 
 // MaxIDLength bounds every Stripe id lockstep accepts; Stripe's are shorter.

@@ -268,9 +268,9 @@ func (s *Server) SetDelay(d time.Duration) {
 // FailNext makes the next n requests answer status with a Stripe api_error
 // body, or for 429 the body of Stripe's rate limiter (code rate_limit, as
 // SetRateLimit answers); a status outside 100-999 means 500. n <= 0 cancels
-// pending failures. Note that stripe-go retries 409,
-// 503 and, for GETs, any 5xx unless its MaxNetworkRetries is 0; each retry
-// is a request and consumes one failure.
+// pending failures. Note that stripe-go retries 409, 503 and, for GETs,
+// any 5xx unless its MaxNetworkRetries is 0; each retry is a request and
+// consumes one failure.
 func (s *Server) FailNext(n int, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
