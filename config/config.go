@@ -42,6 +42,11 @@ type Config struct {
 	// ignored events daily (0: keep them forever).
 	LedgerRetention time.Duration
 
+	// StripeDeadline bounds the Stripe time of one HTTP request (0: the
+	// server's default, app.StripeDeadline). Not read from the environment:
+	// tests shorten it.
+	StripeDeadline time.Duration
+
 	// DevDefaults names the variables that were unset and filled with
 	// development values (only when Development).
 	DevDefaults []string

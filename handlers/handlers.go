@@ -41,6 +41,10 @@ type Deps struct {
 	Ready func(ctx context.Context) error
 	// Locks lists the advisory locks held or awaited now.
 	Locks func(ctx context.Context) ([]lockmgr.LockInfo, error)
+	// StripeDeadline bounds the Stripe time of one request (the success
+	// call's read, a webhook's same-second read): past it the request
+	// answers 503 with Retry-After. 0 is no bound beyond the client's own.
+	StripeDeadline time.Duration
 }
 
 type server struct {
@@ -114,6 +118,7 @@ func (s *server) observe(next http.Handler) http.Handler {
 		// The scope starts after request_id, so it gathers only what the
 		// handler adds (event_id, session_id...) for the access-log line.
 		ctx := logging.WithScope(logging.With(r.Context(), slog.String("request_id", id)))
+		ctx = stripeapi.WithDeadline(ctx, s.StripeDeadline)
 		r = r.WithContext(ctx)
 		route := "unmatched"
 		if cr := mux.CurrentRoute(r); cr != nil {

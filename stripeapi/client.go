@@ -70,7 +70,11 @@ type rawObject struct {
 // Date header, in whole seconds. Stripe's clock, never lockstep's, dates the
 // snapshots lockstep stores.
 func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte, time.Time, error) {
-	params := &getParams{Params: stripe.Params{Context: ctx}}
+	// Under a request deadline the call's own context ends with it, so
+	// stripe-go retries nothing past it.
+	cctx, cancel, _ := callContext(ctx)
+	defer cancel()
+	params := &getParams{Params: stripe.Params{Context: cctx}}
 	for _, e := range expand {
 		params.Expand = append(params.Expand, stripe.String(e))
 	}
@@ -101,6 +105,9 @@ func callError(ctx context.Context, path string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if pastDeadline(ctx) || errors.Is(err, ErrTimeout) {
+		return timeoutError("GET " + path)
+	}
 	var serr *stripe.Error
 	if errors.As(err, &serr) {
 		return fmt.Errorf("%w: GET %s: HTTP %d %s %s (request %s)", ErrUnavailable, path,
@@ -113,6 +120,12 @@ func callError(ctx context.Context, path string, err error) error {
 	// An answer stripe-go could not read as Stripe's error; its text is a
 	// sample of the body, which is Stripe's (or a proxy's) text.
 	return fmt.Errorf("%w: GET %s: unreadable answer", ErrUnavailable, path)
+}
+
+// timeoutError is what a call that ran out of its request's deadline
+// returns: ErrTimeout, and ErrUnavailable for callers that only know that.
+func timeoutError(what string) error {
+	return fmt.Errorf("%w: %s: %w", ErrTimeout, what, ErrUnavailable)
 }
 
 // responseTime is the Date header of a Stripe answer: when Stripe read what

@@ -25,6 +25,9 @@ var (
 	ErrMalformed   = errors.New("not a valid stripe object")
 	ErrNotFound    = errors.New("stripe object not found")
 	ErrUnavailable = errors.New("stripe api unavailable")
+	// ErrTimeout: Stripe did not answer within a live request's deadline
+	// (WithDeadline). Errors that are ErrTimeout are also ErrUnavailable.
+	ErrTimeout = errors.New("stripe did not answer in time")
 )
 
 // MaxIDLength bounds every Stripe id lockstep accepts; Stripe's are shorter.
