@@ -170,6 +170,7 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 		Log:            log,
 		AppToken:       cfg.AppAPIToken,
 		AdminToken:     cfg.AdminToken,
+		MetricsToken:   cfg.MetricsToken,
 		Ready:          func(ctx context.Context) error { return Ready(ctx, pool) },
 		Locks:          func(ctx context.Context) ([]lockmgr.LockInfo, error) { return lockmgr.ListLocks(ctx, pool) },
 		StripeDeadline: cmp.Or(cfg.StripeDeadline, StripeDeadline),
@@ -207,6 +208,11 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 		fmt.Fprintf(env.Stderr, "  (stripe listen prints its own whsec_; put it in STRIPE_WEBHOOK_SECRET to use it)\n")
 	}
 	log.Info("starting", slog.String("config", cfg.String()))
+	if cfg.MetricsToken != "" {
+		log.Info("/metrics requires METRICS_TOKEN as a bearer token")
+	} else {
+		log.Info("/metrics is open to anyone who can reach LISTEN_ADDR; set METRICS_TOKEN to close it")
+	}
 	if err := schema.Up(cfg.MigrateURL()); err != nil {
 		return err
 	}

@@ -24,6 +24,7 @@ type Config struct {
 	StripeAPIBase      string
 	AppAPIToken        string
 	AdminToken         string
+	MetricsToken       string // optional: when set, /metrics requires it as a bearer token
 	Development        bool
 	LockTimeout        time.Duration
 	RetryBudget        time.Duration
@@ -89,6 +90,7 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 		StripeAPIBase:      or(getenv("STRIPE_API_BASE"), "https://api.stripe.com"),
 		AppAPIToken:        strings.TrimSpace(getenv("APP_API_TOKEN")),
 		AdminToken:         strings.TrimSpace(getenv("ADMIN_TOKEN")),
+		MetricsToken:       strings.TrimSpace(getenv("METRICS_TOKEN")),
 		Development:        getenv("LOCKSTEP_ENV") == "development",
 	}
 	var errs []error
@@ -304,9 +306,9 @@ func (c *Config) String() string {
 	for i, s := range c.WebhookSecrets {
 		secrets[i] = Redact(s)
 	}
-	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
+	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s metrics_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
 		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
-		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
+		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), maskToken(c.MetricsToken), c.LockTimeout, c.RetryBudget,
 		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
 }
 

@@ -37,6 +37,8 @@ type Deps struct {
 	Log        *slog.Logger
 	AppToken   string
 	AdminToken string
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
 	// Ready reports whether the database is reachable and migrated.
 	Ready func(ctx context.Context) error
 	// Locks lists the advisory locks held or awaited now.
@@ -49,7 +51,7 @@ type Deps struct {
 
 type server struct {
 	Deps
-	appToken, adminToken [sha256.Size]byte
+	appToken, adminToken, metricsToken [sha256.Size]byte
 }
 
 // New returns the HTTP handler with every route.
@@ -75,7 +77,12 @@ func New(d Deps) http.Handler {
 	admin.HandleFunc("/events/{event_id}/replay", s.adminReplay).Methods(http.MethodPost)
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
-	r.Handle("/metrics", d.Metrics.Handler()).Methods(http.MethodGet)
+	metricsHandler := d.Metrics.Handler()
+	if d.MetricsToken != "" {
+		s.metricsToken = sha256.Sum256([]byte(d.MetricsToken))
+		metricsHandler = s.requireToken(&s.metricsToken)(metricsHandler)
+	}
+	r.Handle("/metrics", metricsHandler).Methods(http.MethodGet)
 	r.NotFoundHandler = s.observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	}))
