@@ -275,7 +275,8 @@ func (m *Metrics) RegisterLedger(count LedgerCounter, log *slog.Logger) {
 }
 
 // SetLedgerMaxAge changes how old exported ledger counts may be; 0 reads
-// them at every scrape (for tests that compare counts between scrapes).
+// them at every scrape, concurrently, as lockstep did before the cache (for
+// tests that compare counts between scrapes, and to measure the cache).
 // It applies to the next scrape.
 func (m *Metrics) SetLedgerMaxAge(d time.Duration) {
 	if m.ledger == nil {
@@ -359,21 +360,31 @@ type ledgerCollector struct {
 
 func (c *ledgerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- ledgerDesc }
 
-// read returns the last counts when younger than maxAge, else reads them.
+// read returns the last counts when younger than maxAge, else reads them;
+// at maxAge 0 every scrape reads, concurrently.
 func (c *ledgerCollector) read() (map[string]int64, error) {
 	c.mu.Lock()
+	if c.maxAge <= 0 {
+		c.mu.Unlock()
+		return c.readNow()
+	}
 	defer c.mu.Unlock()
 	if !c.at.IsZero() && c.now().Sub(c.at) < c.maxAge {
 		return c.counts, c.err
 	}
+	c.counts, c.err = c.readNow()
+	c.at = c.now()
+	return c.counts, c.err
+}
+
+func (c *ledgerCollector) readNow() (map[string]int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	c.counts, c.err = c.count(ctx)
-	c.at = c.now()
-	if c.err != nil {
-		c.log.Warn("metrics: cannot count ledger", slog.String("error", c.err.Error()))
+	counts, err := c.count(ctx)
+	if err != nil {
+		c.log.Warn("metrics: cannot count ledger", slog.String("error", err.Error()))
 	}
-	return c.counts, c.err
+	return counts, err
 }
 
 func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
