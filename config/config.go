@@ -30,6 +30,7 @@ type Config struct {
 	RetryBudget        time.Duration
 	MaxConns           int32
 	ShutdownTimeout    time.Duration
+	StripeDeadline     time.Duration // Stripe time per HTTP request; 0: app.StripeDeadline (tests shorten it; no variable)
 
 	// SweepInterval is how often serve sweeps Stripe's Events API for
 	// missed events (0: never); SweepLookback is how far back the first
@@ -42,11 +43,6 @@ type Config struct {
 	// LedgerRetention is the age past which serve prunes processed and
 	// ignored events daily (0: keep them forever).
 	LedgerRetention time.Duration
-
-	// StripeDeadline bounds the Stripe time of one HTTP request (0: the
-	// server's default, app.StripeDeadline). Not read from the environment:
-	// tests shorten it.
-	StripeDeadline time.Duration
 
 	// DevDefaults names the variables that were unset and filled with
 	// development values (only when Development).
