@@ -72,8 +72,8 @@ func maskParam(m string) string {
 	sub := paramPattern.FindStringSubmatch(m)
 	lead, name, eq, val := sub[1], sub[2], sub[3], sub[4]
 	switch {
-	case val == "" || val == Mask || val == "****":
-		return m
+	case val == "" || val == Mask || strings.Contains(val, "****"):
+		return m // nothing, or already masked (webhook_secrets=[whsec_****,...])
 	case val[0] == '\'' || val[0] == '"':
 		return lead + name + eq + val[:1] + Mask + val[:1]
 	}

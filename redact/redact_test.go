@@ -33,6 +33,8 @@ func TestString(t *testing.T) {
 			"connect `postgres://u:xxxxx@db/x?password=xxxxx`: refused"},
 		{"quoted in an error", `parse "host=db password=s3cret": bad`, `parse "host=db password=xxxxx": bad`},
 		{"env style token", "METRICS_TOKEN=tok3n-value x", "METRICS_TOKEN=xxxxx x"},
+		{"config line, already masked", "webhook_secrets=[whsec_****,whsec_****] stripe_key=sk_test_**** app_token=**** metrics_token=",
+			"webhook_secrets=[whsec_****,whsec_****] stripe_key=sk_test_**** app_token=**** metrics_token="},
 		{"already masked", "postgres://u:xxxxx@db/x?password=xxxxx", "postgres://u:xxxxx@db/x?password=xxxxx"},
 		{"a word with password, no value", "password authentication failed for user u", "password authentication failed for user u"},
 		{"stripe key", "key sk_test_abcdef012 rejected", "key sk_test_**** rejected"},
