@@ -42,14 +42,15 @@ func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
 	var req checkoutRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCheckoutBody))
 	err := dec.Decode(&req)
-	if err == nil {
-		if _, err = dec.Token(); errors.Is(err, io.EOF) {
+	var tooBig *http.MaxBytesError
+	if err == nil { // then the body must end: anything more is refused
+		switch _, err = dec.Token(); {
+		case errors.Is(err, io.EOF):
 			err = nil
-		} else if err == nil {
+		case !errors.As(err, &tooBig):
 			err = errTrailing
 		}
 	}
-	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
 		writeError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB")
