@@ -6,6 +6,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -274,14 +275,16 @@ func NewServer(cfg *config.Config, pool *pgxpool.Pool, log *slog.Logger) *Server
 		return metrics.Convergence{SweepCursor: cursor, DriftFound: found, DriftRepaired: repaired}, err
 	}, log)
 	h := handlers.New(handlers.Deps{
-		Billing:    svc,
-		Verifier:   stripeapi.NewVerifier(cfg.WebhookSecrets),
-		Metrics:    m,
-		Log:        log,
-		AppToken:   cfg.AppAPIToken,
-		AdminToken: cfg.AdminToken,
-		Ready:      func(ctx context.Context) error { return Ready(ctx, pool) },
-		Locks:      func(ctx context.Context) ([]lockmgr.LockInfo, error) { return lockmgr.ListLocks(ctx, pool) },
+		Billing:        svc,
+		Verifier:       stripeapi.NewVerifier(cfg.WebhookSecrets),
+		Metrics:        m,
+		Log:            log,
+		AppToken:       cfg.AppAPIToken,
+		AdminToken:     cfg.AdminToken,
+		MetricsToken:   cfg.MetricsToken,
+		Ready:          func(ctx context.Context) error { return Ready(ctx, pool) },
+		Locks:          func(ctx context.Context) ([]lockmgr.LockInfo, error) { return lockmgr.ListLocks(ctx, pool) },
+		StripeDeadline: cmp.Or(cfg.StripeDeadline, StripeDeadline),
 	})
 	return &Server{Handler: h, Billing: svc, Metrics: m, Locks: locks, Bulk: svc.Bulk(bulkAPI)}
 }
@@ -317,6 +320,11 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 		fmt.Fprintf(env.Stderr, "  (stripe listen prints its own whsec_; put it in STRIPE_WEBHOOK_SECRET to use it)\n")
 	}
 	log.Info("starting", slog.String("config", cfg.String()))
+	if cfg.MetricsToken != "" {
+		log.Info("/metrics requires METRICS_TOKEN as a bearer token")
+	} else {
+		log.Info("/metrics is open to anyone who can reach LISTEN_ADDR; set METRICS_TOKEN to close it")
+	}
 	if err := schema.Up(cfg.MigrateURL()); err != nil {
 		return connectError(err)
 	}
@@ -358,6 +366,20 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 	return nil
 }
 
+// WriteTimeout is the server's write timeout: a handler that has not
+// answered by then leaves its client with a dropped connection.
+const WriteTimeout = 30 * time.Second
+
+// StripeDeadline is the Stripe time one request may spend (every attempt,
+// stripe-go's retries, budget waits): 10 s of the 30 s WriteTimeout. What
+// may follow it still fits with room to write the answer: stripe-go's
+// sleeps before retries that then fail at once (none for reads by id,
+// whose own context ends; up to 3.5 s for a list page), the customer
+// transaction's retry budget (RETRY_BUDGET, 4 s) with a statement or lock
+// timeout on top (5 s), and recording a failed event (at most 5 s, and only
+// when the transaction did not run).
+const StripeDeadline = 10 * time.Second
+
 // NewHTTPServer is the HTTP server serve runs (and lockstep-bench measures),
 // with timeouts that bound slow clients.
 func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
@@ -365,7 +387,7 @@ func NewHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
+		WriteTimeout:      WriteTimeout,
 		IdleTimeout:       90 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

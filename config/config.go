@@ -24,11 +24,13 @@ type Config struct {
 	StripeAPIBase      string
 	AppAPIToken        string
 	AdminToken         string
+	MetricsToken       string // optional: when set, /metrics requires it as a bearer token
 	Development        bool
 	LockTimeout        time.Duration
 	RetryBudget        time.Duration
 	MaxConns           int32
 	ShutdownTimeout    time.Duration
+	StripeDeadline     time.Duration // Stripe time per HTTP request; 0: app.StripeDeadline (tests shorten it; no variable)
 
 	// SweepInterval is how often serve sweeps Stripe's Events API for
 	// missed events (0: never); SweepLookback is how far back the first
@@ -87,6 +89,7 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 		StripeAPIBase:      or(getenv("STRIPE_API_BASE"), "https://api.stripe.com"),
 		AppAPIToken:        strings.TrimSpace(getenv("APP_API_TOKEN")),
 		AdminToken:         strings.TrimSpace(getenv("ADMIN_TOKEN")),
+		MetricsToken:       strings.TrimSpace(getenv("METRICS_TOKEN")),
 		Development:        getenv("LOCKSTEP_ENV") == "development",
 	}
 	var errs []error
@@ -324,9 +327,9 @@ func (c *Config) String() string {
 	for i, s := range c.WebhookSecrets {
 		secrets[i] = Redact(s)
 	}
-	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
+	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s metrics_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
 		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
-		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
+		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), maskToken(c.MetricsToken), c.LockTimeout, c.RetryBudget,
 		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
 }
 

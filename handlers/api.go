@@ -16,6 +16,13 @@ import (
 	"github.com/lockstep/lockstep/userid"
 )
 
+// maxCheckoutBody is the largest success-call body accepted; a real one is
+// under 1 KiB.
+const maxCheckoutBody = 64 << 10
+
+// errTrailing is a success-call body with more after its JSON object.
+var errTrailing = errors.New("trailing data after the JSON object")
+
 type checkoutRequest struct {
 	SessionID string `json:"session_id"`
 	UserID    string `json:"user_id"`
@@ -31,14 +38,31 @@ type checkoutResponse struct {
 
 // checkoutSuccess syncs a checkout session for the success page.
 func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
-	var req checkoutRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "body must be JSON {\"session_id\": \"cs_...\", \"user_id\": \"...\"}")
+	if r.ContentLength > maxCheckoutBody {
+		writeError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB")
 		return
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	var req checkoutRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCheckoutBody))
+	err := dec.Decode(&req)
+	var tooBig *http.MaxBytesError
+	if err == nil { // then the body must end: anything more is refused
+		switch _, err = dec.Token(); {
+		case errors.Is(err, io.EOF):
+			err = nil
+		case !errors.As(err, &tooBig):
+			err = errTrailing
+		}
+	}
+	switch {
+	case errors.As(err, &tooBig):
+		writeError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB")
+		return
+	case errors.Is(err, errTrailing):
 		writeError(w, http.StatusBadRequest, "body must hold one JSON object")
+		return
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "body must be JSON {\"session_id\": \"cs_...\", \"user_id\": \"...\"}")
 		return
 	}
 	switch {

@@ -37,15 +37,21 @@ type Deps struct {
 	Log        *slog.Logger
 	AppToken   string
 	AdminToken string
+	// MetricsToken, when set, is the bearer token /metrics requires.
+	MetricsToken string
 	// Ready reports whether the database is reachable and migrated.
 	Ready func(ctx context.Context) error
 	// Locks lists the advisory locks held or awaited now.
 	Locks func(ctx context.Context) ([]lockmgr.LockInfo, error)
+	// StripeDeadline bounds the Stripe time of one request (the success
+	// call's read, a webhook's same-second read): past it the request
+	// answers 503 with Retry-After. 0 is no bound beyond the client's own.
+	StripeDeadline time.Duration
 }
 
 type server struct {
 	Deps
-	appToken, adminToken [sha256.Size]byte
+	appToken, adminToken, metricsToken [sha256.Size]byte
 }
 
 // New returns the HTTP handler with every route.
@@ -72,7 +78,12 @@ func New(d Deps) http.Handler {
 	admin.HandleFunc("/events/{event_id}/replay", s.adminReplay).Methods(http.MethodPost)
 	r.HandleFunc("/healthz", s.healthz).Methods(http.MethodGet)
 	r.HandleFunc("/readyz", s.readyz).Methods(http.MethodGet)
-	r.Handle("/metrics", d.Metrics.Handler()).Methods(http.MethodGet)
+	metricsHandler := d.Metrics.Handler()
+	if d.MetricsToken != "" {
+		s.metricsToken = sha256.Sum256([]byte(d.MetricsToken))
+		metricsHandler = s.requireToken(&s.metricsToken)(metricsHandler)
+	}
+	r.Handle("/metrics", metricsHandler).Methods(http.MethodGet)
 	r.NotFoundHandler = s.observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	}))
@@ -115,6 +126,7 @@ func (s *server) observe(next http.Handler) http.Handler {
 		// The scope starts after request_id, so it gathers only what the
 		// handler adds (event_id, session_id...) for the access-log line.
 		ctx := logging.WithScope(logging.With(r.Context(), slog.String("request_id", id)))
+		ctx = stripeapi.WithDeadline(ctx, s.StripeDeadline)
 		r = r.WithContext(ctx)
 		route := "unmatched"
 		if cr := mux.CurrentRoute(r); cr != nil {

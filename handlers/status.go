@@ -33,6 +33,8 @@ func status(err error) (int, string) {
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, stripeapi.ErrMalformed):
 		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, stripeapi.ErrTimeout): // before ErrUnavailable, which it also is
+		return http.StatusServiceUnavailable, "stripe did not answer in time, try again"
 	case errors.Is(err, stripeapi.ErrUnavailable):
 		return http.StatusBadGateway, "stripe api unavailable, try again"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), lockmgr.IsTransient(err),

@@ -7,8 +7,8 @@
 // request ends names the event or session it worked on.
 //
 // Secrets never belong in a log line; as a last line of defence, string
-// values that carry a Stripe secret (whsec_, sk_, rk_ ...) are masked before
-// they are written, by config.MaskSecrets.
+// values that carry a Stripe secret (whsec_, sk_, rk_ ...) or a connection
+// string's password are masked before they are written, by redact.String.
 package logging
 
 import (
@@ -18,7 +18,7 @@ import (
 	"os"
 	"sync"
 
-	"github.com/lockstep/lockstep/config"
+	"github.com/lockstep/lockstep/redact"
 )
 
 type ctxKey struct{}
@@ -127,11 +127,11 @@ func New(w io.Writer, level slog.Level) *slog.Logger {
 	return slog.New(ctxHandler{h})
 }
 
-// maskSecrets masks any Stripe secret in a string value (an error message
-// that quoted one, say), as config.MaskSecrets does.
+// maskSecrets masks any secret in a string value (an error message that
+// quoted one, say) with redact.String.
 func maskSecrets(_ []string, a slog.Attr) slog.Attr {
 	if a.Value.Kind() == slog.KindString {
-		a.Value = slog.StringValue(config.MaskSecrets(a.Value.String()))
+		a.Value = slog.StringValue(redact.String(a.Value.String()))
 	}
 	return a
 }

@@ -1,6 +1,6 @@
 // Package metrics defines lockstep's Prometheus metrics and serves them.
-// Counters and histograms move where things happen; ledger counts and pool
-// statistics are read when /metrics is scraped.
+// Counters and histograms move where things happen; pool statistics are
+// read when /metrics is scraped, ledger counts at most every LedgerMaxAge.
 //
 // Label values come from small fixed sets (outcomes, reasons, SQLSTATEs,
 // writers, route templates) or from Stripe's own event types, which only a
@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -50,6 +51,8 @@ type Metrics struct {
 	stripeRequests   *prometheus.CounterVec
 	stripeWait       *prometheus.HistogramVec
 	accessDecisions  *prometheus.CounterVec
+
+	ledger *ledgerCollector // nil until RegisterLedger
 }
 
 // New registers lockstep's collectors on a fresh registry.
@@ -253,9 +256,38 @@ func (m *Metrics) RegisterPool(pool *pgxpool.Pool) {
 // LedgerCounter reads the ledger's row counts by status.
 type LedgerCounter func(ctx context.Context) (map[string]int64, error)
 
-// RegisterLedger exports stripe_events counts by status at scrape time.
+// LedgerMaxAge is how old the ledger counts a scrape exports may be.
+//
+// Counting stripe_events reads the whole ledger (tens of milliseconds at
+// 100k rows, growing with it), so a scrape does not count: it exports the
+// counts read by an earlier scrape when they are younger than this, and
+// only one read runs at a time; scrapes that arrive during it wait for its
+// result (a singleflight). However many scrapers there are, the ledger is
+// read at most once per LedgerMaxAge. 15 s is Prometheus's usual scrape
+// interval, so one scraper sees counts at most one interval old. A failed
+// read is remembered as long, so a database that is down is not asked by
+// every scrape.
+const LedgerMaxAge = 15 * time.Second
+
+// RegisterLedger exports stripe_events counts by status, read at most once
+// per LedgerMaxAge (see SetLedgerMaxAge).
 func (m *Metrics) RegisterLedger(count LedgerCounter, log *slog.Logger) {
-	m.Registry.MustRegister(&ledgerCollector{count: count, log: log})
+	m.ledger = &ledgerCollector{count: count, log: log, maxAge: LedgerMaxAge, now: time.Now}
+	m.Registry.MustRegister(m.ledger)
+}
+
+// SetLedgerMaxAge changes how old exported ledger counts may be; 0 reads
+// them at every scrape, concurrently, as lockstep did before the cache (for
+// tests that compare counts between scrapes, and to measure the cache).
+// It applies to the next scrape.
+func (m *Metrics) SetLedgerMaxAge(d time.Duration) {
+	if m.ledger == nil {
+		return
+	}
+	m.ledger.mu.Lock()
+	defer m.ledger.mu.Unlock()
+	m.ledger.maxAge = d
+	m.ledger.at = time.Time{}
 }
 
 // Handler serves the registry in Prometheus text format.
@@ -319,16 +351,47 @@ func (c *convergenceCollector) Collect(ch chan<- prometheus.Metric) {
 type ledgerCollector struct {
 	count LedgerCounter
 	log   *slog.Logger
+	now   func() time.Time
+
+	mu     sync.Mutex // held across a read: one at a time, the others wait for it
+	maxAge time.Duration
+	at     time.Time // of the last read; zero before the first
+	counts map[string]int64
+	err    error
 }
 
 func (c *ledgerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- ledgerDesc }
 
-func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
+// read returns the last counts when younger than maxAge, else reads them;
+// at maxAge 0 every scrape reads, concurrently.
+func (c *ledgerCollector) read() (map[string]int64, error) {
+	c.mu.Lock()
+	if c.maxAge <= 0 {
+		c.mu.Unlock()
+		return c.readNow()
+	}
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && c.now().Sub(c.at) < c.maxAge {
+		return c.counts, c.err
+	}
+	c.counts, c.err = c.readNow()
+	c.at = c.now()
+	return c.counts, c.err
+}
+
+func (c *ledgerCollector) readNow() (map[string]int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	counts, err := c.count(ctx)
 	if err != nil {
 		c.log.Warn("metrics: cannot count ledger", slog.String("error", err.Error()))
+	}
+	return counts, err
+}
+
+func (c *ledgerCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := c.read()
+	if err != nil {
 		return
 	}
 	for st, n := range counts {

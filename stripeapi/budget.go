@@ -168,11 +168,23 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // send makes one attempt: the budget's wait, then the request under its
 // own timeout, which ends when the body is closed.
+//
+// Under a request deadline (WithDeadline) nothing is sent once it has
+// passed, a budget wait that would outlast it is not begun, and the attempt
+// ends with it: each fails with ErrTimeout. This holds for every call of
+// the client, lists included; stripe-go may still sleep before a retry that
+// then fails at once.
 func (t *transport) send(req *http.Request, attempt int) (*http.Response, error) {
 	ctx := req.Context()
+	deadline, bounded := requestDeadline(ctx)
+	if bounded && !time.Now().Before(deadline) {
+		return nil, timeoutError("no attempt sent")
+	}
 	if t.budget != nil {
 		start := time.Now()
-		err := t.budget.wait(ctx, t.share)
+		bctx, cancel, _ := callContext(ctx)
+		err := t.budget.wait(bctx, t.share)
+		cancel()
 		if t.observer != nil {
 			t.observer.StripeBudgetWaited(t.share.String(), time.Since(start))
 		}
@@ -180,10 +192,17 @@ func (t *transport) send(req *http.Request, attempt int) (*http.Response, error)
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
+			if bounded {
+				return nil, timeoutError(fmt.Sprintf("stripe %s budget", t.share))
+			}
 			return nil, fmt.Errorf("stripe %s budget: %w", t.share, err)
 		}
 	}
 	actx, cancel := context.WithTimeout(ctx, t.timeout)
+	if bounded && deadline.Before(time.Now().Add(t.timeout)) {
+		cancel()
+		actx, cancel = context.WithDeadline(ctx, deadline)
+	}
 	r := req.Clone(actx)
 	if attempt > 0 && req.GetBody != nil {
 		body, err := req.GetBody()
@@ -198,6 +217,9 @@ func (t *transport) send(req *http.Request, attempt int) (*http.Response, error)
 		cancel()
 		if t.observer != nil {
 			t.observer.StripeRequest(t.share.String(), 0)
+		}
+		if pastDeadline(ctx) {
+			return nil, timeoutError(fmt.Sprintf("%s %s", req.Method, req.URL.Path))
 		}
 		return nil, err
 	}

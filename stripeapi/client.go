@@ -80,7 +80,11 @@ type rawObject struct {
 // Date header, in whole seconds. Stripe's clock, never lockstep's, dates the
 // snapshots lockstep stores.
 func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte, time.Time, error) {
-	params := &getParams{Params: stripe.Params{Context: ctx}}
+	// Under a request deadline the call's own context ends with it, so
+	// stripe-go retries nothing past it.
+	cctx, cancel, _ := callContext(ctx)
+	defer cancel()
+	params := &getParams{Params: stripe.Params{Context: cctx}}
 	for _, e := range expand {
 		params.Expand = append(params.Expand, stripe.String(e))
 	}
@@ -110,6 +114,9 @@ func (c *Client) get(ctx context.Context, path string, expand ...string) ([]byte
 func callError(ctx context.Context, path string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if pastDeadline(ctx) || errors.Is(err, ErrTimeout) {
+		return timeoutError("GET " + path)
 	}
 	var serr *stripe.Error
 	if errors.As(err, &serr) {
@@ -155,6 +162,12 @@ func (e *APIError) Unwrap() []error {
 		return []error{k, ErrUnavailable}
 	}
 	return []error{ErrUnavailable}
+}
+
+// timeoutError is what a call that ran out of its request's deadline
+// returns: ErrTimeout, and ErrUnavailable for callers that only know that.
+func timeoutError(what string) error {
+	return fmt.Errorf("%w: %s: %w", ErrTimeout, what, ErrUnavailable)
 }
 
 // responseTime is the Date header of a Stripe answer: when Stripe read what

@@ -32,6 +32,9 @@ var (
 	// unavailable.
 	ErrUnauthorized = errors.New("stripe rejected the api key")
 	ErrForbidden    = errors.New("stripe api key lacks a permission")
+	// ErrTimeout: Stripe did not answer within a live request's deadline
+	// (WithDeadline). Errors that are ErrTimeout are also ErrUnavailable.
+	ErrTimeout = errors.New("stripe did not answer in time")
 )
 
 // MaxIDLength bounds every Stripe id lockstep accepts; Stripe's are shorter.

@@ -223,7 +223,7 @@ func runAccess(ctx context.Context, cfg Config, lockstepDB string, keep bool) er
 
 func accessLevel(ctx context.Context, cfg Config, t *target, prefix string, n, c int, pgbenchPath string, ref *ScratchDB, script refScript, cpus int, lockstepDB string) (AccessLevel, error) {
 	lvl := AccessLevel{Concurrency: c, Status: map[string]int{}, States: map[string]float64{}}
-	before, err := scrapeMetrics(ctx, t.client, t.base)
+	before, err := scrapeMetrics(ctx, t.client, t.base, cfg.MetricsToken)
 	if err != nil {
 		return lvl, err
 	}
@@ -257,7 +257,7 @@ func accessLevel(ctx context.Context, cfg Config, t *target, prefix string, n, c
 			refs = append(refs, r)
 		}
 	}
-	after, err := scrapeMetrics(context.WithoutCancel(ctx), t.client, t.base)
+	after, err := scrapeMetrics(context.WithoutCancel(ctx), t.client, t.base, cfg.MetricsToken)
 	if err != nil {
 		return lvl, err
 	}

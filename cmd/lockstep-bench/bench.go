@@ -45,6 +45,16 @@ type Options struct {
 	ServerLog    string
 	CPUProfile   string
 	Access       bool
+	// Scrapers scrape /metrics back to back while the load runs;
+	// LedgerRows fills the in-process lockstep's ledger up to that many
+	// rows first; LedgerMaxAge, when set, is how old its exported ledger
+	// counts may be (metrics.LedgerMaxAge by default; 0s counts at every
+	// scrape, as lockstep did before).
+	Scrapers       int
+	ScrapeInterval time.Duration
+	Anonymous      bool // the scrapers send no METRICS_TOKEN
+	LedgerRows     int
+	LedgerMaxAge   string
 }
 
 // Usage is the text of -h, before the flags.
@@ -113,6 +123,11 @@ func ParseArgs(args []string, out io.Writer) (*Options, error) {
 	fs.StringVar(&o.ServerLog, "server-log", "", "in-process: write lockstep's log to this file (default: formatted and discarded)")
 	fs.BoolVar(&o.Access, "access", false, "measure the paywall's read instead: GET /api/users/{user_id}/access by -concurrency readers over -customers users seeded in a mix of states, beside pgbench running the same SELECT (billing.AccessQuery) on a scratch database seeded alike")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (in-process: lockstep and the load) to this file")
+	fs.IntVar(&o.Scrapers, "scrapers", 0, "goroutines scraping /metrics back to back while the load runs (METRICS_TOKEN, when set, is sent)")
+	fs.BoolVar(&o.Anonymous, "anonymous-scrapers", false, "with -scrapers: send no METRICS_TOKEN (with one set, lockstep answers them 401)")
+	fs.DurationVar(&o.ScrapeInterval, "scrape-interval", 0, "with -scrapers: each scraper's pause between scrapes (0: back to back)")
+	fs.IntVar(&o.LedgerRows, "ledger-rows", 0, "in-process: fill stripe_events up to this many rows before the load (removed after unless -keep)")
+	fs.StringVar(&o.LedgerMaxAge, "ledger-max-age", "", "in-process: how old exported ledger counts may be, e.g. 0s to count at every scrape (default: lockstep's)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -142,8 +157,21 @@ func ParseArgs(args []string, out io.Writer) (*Options, error) {
 		return nil, errors.New("bench: -scratch is for the in-process lockstep; a -target has its own database")
 	case o.Access && (o.Target != "" || o.Hot || o.Storm):
 		return nil, errAccessTarget
+	case o.Scrapers < 0 || o.Scrapers > 256:
+		return nil, errors.New("bench: -scrapers must be 0 to 256")
+	case o.ScrapeInterval < 0 || o.ScrapeInterval > time.Hour:
+		return nil, errors.New("bench: -scrape-interval must be 0 to 1h")
+	case o.LedgerRows < 0 || o.LedgerRows > 10_000_000:
+		return nil, errors.New("bench: -ledger-rows must be 0 to 10000000")
+	case (o.LedgerRows > 0 || o.LedgerMaxAge != "") && o.Target != "":
+		return nil, errors.New("bench: -ledger-rows and -ledger-max-age are for the in-process lockstep")
 	case o.Hot && o.Storm:
 		return nil, errors.New("bench: -hot and -storm exclude each other (-storm is hot webhooks plus success calls)")
+	}
+	if o.LedgerMaxAge != "" {
+		if d, err := time.ParseDuration(o.LedgerMaxAge); err != nil || d < 0 {
+			return nil, fmt.Errorf("bench: -ledger-max-age must be a duration such as 0s or 15s, got %q", o.LedgerMaxAge)
+		}
 	}
 	if o.Target != "" {
 		u, err := url.Parse(o.Target)
@@ -194,6 +222,8 @@ type Config struct {
 	LockstepDB string
 	// PID is the target's process, for memory (0: found by its port).
 	PID int
+	// MetricsToken is sent to /metrics ("" when it is open).
+	MetricsToken string `json:"-"`
 	// DB counts the target's statements (in-process only; nil otherwise).
 	DB *DBCounters `json:"-"`
 	// Command is the command line, for the report.
@@ -252,6 +282,9 @@ type Level struct {
 	StepwiseErr     string
 	StepwiseRetries int
 	StepwiseRatio   float64
+	// Scrapes are the -scrapers' scrapes of /metrics during the load.
+	Scrapes      Latencies
+	ScrapeErrors int
 }
 
 // Seconds are figures in seconds by name; NaN (no observation) is written
@@ -307,7 +340,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	_, _ = rand.Read(rb[:])
 	rep := &Report{Config: cfg, Run: hex.EncodeToString(rb[:]), Started: time.Now()}
 	maxConc := slices.Max(cfg.Concurrency)
-	t := &target{base: cfg.TargetURL, secret: cfg.WebhookSecret, token: cfg.AppToken, client: newHTTPClient(maxConc + 1)}
+	t := &target{base: cfg.TargetURL, secret: cfg.WebhookSecret, token: cfg.AppToken, metricsToken: cfg.MetricsToken, client: newHTTPClient(maxConc + 1)}
 	defer t.client.CloseIdleConnections()
 	if err := t.waitReady(ctx, 15*time.Second); err != nil {
 		return rep, err
@@ -498,7 +531,7 @@ func ratio(rate float64, ref *Reference) float64 {
 // both sides alike.
 func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mon *monitor, total *int64, ref *refRunner) (Level, error) {
 	lvl := Level{Concurrency: c}
-	before, err := scrapeMetrics(ctx, t.client, t.base)
+	before, err := scrapeMetrics(ctx, t.client, t.base, t.metricsToken)
 	if err != nil {
 		return lvl, err
 	}
@@ -510,6 +543,7 @@ func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mo
 	tl := newTally()
 	var cpu cpuSum
 	mirror, stepwise := ref.levelRefs()
+	var scrapeTimes []time.Duration
 	for i := range rounds {
 		if ctx.Err() != nil {
 			break
@@ -532,7 +566,15 @@ func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mo
 		}()
 		cpu0 := markCPU(mon.pid)
 		bw := watchBackends(cfg.LockstepDB, 200*time.Millisecond)
+		token := t.metricsToken
+		if cfg.Anonymous {
+			token = ""
+		}
+		scr := startScrapers(ctx, t, token, cfg.Scrapers, cfg.ScrapeInterval)
 		part, elapsed := r.run(ctx)
+		took, scrapeErrs := scr.stop()
+		scrapeTimes = append(scrapeTimes, took...)
+		lvl.ScrapeErrors += scrapeErrs
 		cpu.add(cpu0, markCPU(mon.pid))
 		cpu.addDB(bw.total())
 		close(done)
@@ -551,11 +593,12 @@ func runLevel(ctx context.Context, cfg Config, w *workload, t *target, c int, mo
 		d := cfg.DB.Snapshot().Sub(db0)
 		lvl.DB = &d
 	}
-	after, err := scrapeMetrics(context.WithoutCancel(ctx), t.client, t.base)
+	after, err := scrapeMetrics(context.WithoutCancel(ctx), t.client, t.base, t.metricsToken)
 	if err != nil {
 		return lvl, err
 	}
 
+	lvl.Scrapes = Summarize(scrapeTimes)
 	lvl.Webhook = Summarize(tl.webhook)
 	lvl.Success = Summarize(tl.success)
 	lvl.Requests = lvl.Webhook.N + lvl.Success.N

@@ -275,7 +275,12 @@ func TestParseArgs(t *testing.T) {
 	if _, err := ParseArgs([]string{"-h"}, &help); !errors.Is(err, flag.ErrHelp) || !strings.Contains(help.String(), "STRIPE_API_BASE") {
 		t.Errorf("-h: err %v, usage %q", err, help.String())
 	}
-	for _, bad := range [][]string{{"-hot", "-storm"}, {"-storm", "-customers", "1"}, {"-dup", "1.5"}, {"-target", "127.0.0.1:8080"}, {"extra"}} {
+	if o, err := ParseArgs([]string{"-scrapers", "8", "-scrape-interval", "1s", "-ledger-rows", "100000", "-ledger-max-age", "0s"}, io.Discard); err != nil ||
+		o.Scrapers != 8 || o.ScrapeInterval != time.Second || o.LedgerRows != 100000 || o.LedgerMaxAge != "0s" {
+		t.Errorf("-scrapers ...: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"-hot", "-storm"}, {"-storm", "-customers", "1"}, {"-dup", "1.5"}, {"-target", "127.0.0.1:8080"}, {"extra"},
+		{"-scrapers", "-1"}, {"-ledger-rows", "-5"}, {"-ledger-rows", "10", "-target", "http://127.0.0.1:8080"}, {"-ledger-max-age", "soon"}} {
 		if _, err := ParseArgs(bad, io.Discard); err == nil {
 			t.Errorf("ParseArgs(%q) succeeded", bad)
 		}

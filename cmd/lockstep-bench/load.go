@@ -220,7 +220,9 @@ type target struct {
 	base   string
 	secret string
 	token  string
-	client *http.Client // waitReady, the metrics scrapes, and the load on a target httpConn does not speak (https)
+	// metricsToken is sent to /metrics when set (METRICS_TOKEN).
+	metricsToken string
+	client       *http.Client // waitReady, the metrics scrapes, and the load on a target httpConn does not speak (https)
 }
 
 func newHTTPClient(conns int) *http.Client {

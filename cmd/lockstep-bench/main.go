@@ -103,6 +103,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if t := strings.TrimSpace(getenv("APP_API_TOKEN")); t != "" {
 			cfg.AppToken = t
 		}
+		cfg.MetricsToken = strings.TrimSpace(getenv("METRICS_TOKEN"))
 		_, err = Run(ctx, cfg)
 		return err
 	}
@@ -141,6 +142,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cfg.WebhookSecret, cfg.AppToken = srv.cfg.WebhookSecrets[0], srv.cfg.AppAPIToken
 	if opts.Access {
 		return runAccess(ctx, cfg, srv.cfg.DatabaseURL, opts.Keep)
+	}
+	cfg.MetricsToken = srv.cfg.MetricsToken
+	if opts.LedgerRows > 0 {
+		fmt.Fprintf(stderr, "bench: filling the ledger up to %d rows\n", opts.LedgerRows)
+		added, err := fillLedger(ctx, srv.pool, opts.LedgerRows)
+		if err != nil {
+			return err
+		}
+		if added > 0 && !opts.Keep && !opts.Scratch {
+			defer func() {
+				if err := removeFill(context.WithoutCancel(ctx), srv.pool); err != nil {
+					fmt.Fprintf(stderr, "bench: %v\n", err)
+				}
+			}()
+		}
 	}
 	cfg.PID, cfg.DB = os.Getpid(), srv.counters
 	rep, runErr := Run(ctx, cfg)
@@ -220,7 +236,12 @@ func startServer(ctx context.Context, getenv func(string) string, opts *Options,
 		return nil, fmt.Errorf("listen: %w", err)
 	}
 	s.url = "http://" + ln.Addr().String()
-	s.hs = app.NewHTTPServer(app.NewServer(cfg, s.pool, log).Handler, log)
+	a := app.NewServer(cfg, s.pool, log)
+	if opts.LedgerMaxAge != "" {
+		d, _ := time.ParseDuration(opts.LedgerMaxAge) // checked by ParseArgs
+		a.Metrics.SetLedgerMaxAge(d)
+	}
+	s.hs = app.NewHTTPServer(a.Handler, log)
 	go func() { _ = s.hs.Serve(ln) }()
 	return s, nil
 }

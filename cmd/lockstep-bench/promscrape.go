@@ -135,11 +135,15 @@ func Count(buckets []Bucket) float64 {
 	return buckets[len(buckets)-1].Count
 }
 
-// scrapeMetrics fetches and parses base/metrics.
-func scrapeMetrics(ctx context.Context, client *http.Client, base string) (Scrape, error) {
+// scrapeMetrics fetches and parses base/metrics, with token as a bearer
+// token when set.
+func scrapeMetrics(ctx context.Context, client *http.Client, base, token string) (Scrape, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/metrics", nil)
 	if err != nil {
 		return nil, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	res, err := client.Do(req)
 	if err != nil {

@@ -26,6 +26,13 @@ func printLevel(out io.Writer, cfg Config, l *Level) {
 	fmt.Fprintf(out, "  locks      wait p99 %s ms (webhook %s, checkout %s) over %.0f locks; hold p99 %s ms; retries %.0f\n",
 		secondsMs(l.LockWaitP99[""]), secondsMs(l.LockWaitP99["webhook"]), secondsMs(l.LockWaitP99["checkout"]),
 		l.LockWaits, secondsMs(l.LockHoldP99[""]), l.Retries)
+	if l.Scrapes.N > 0 || l.ScrapeErrors > 0 {
+		fmt.Fprintf(out, "  scrapes    %7d (%.0f/s) by %d scrapers  p50 %s  p99 %s  max %s ms, %d failed\n",
+			l.Scrapes.N, float64(l.Scrapes.N)/max(l.Elapsed.Seconds(), 1e-9), cfg.Scrapers, ms(l.Scrapes.P50), ms(l.Scrapes.P99), ms(l.Scrapes.Max), l.ScrapeErrors)
+		if cfg.Anonymous && l.ScrapeErrors > 0 {
+			fmt.Fprintf(out, "             (anonymous: the failed ones were refused)\n")
+		}
+	}
 	fmt.Fprintf(out, "  pool       %.0f acquires waited for a connection, %.3f s in all\n", l.PoolEmptyAcquires, l.PoolAcquireWait)
 	if l.DB != nil && l.Requests > 0 {
 		fmt.Fprintf(out, "  database   %s\n", dbLine(l))

@@ -29,16 +29,14 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"regexp"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/lockstep/lockstep/config"
 	"github.com/lockstep/lockstep/internal/dbtest"
+	redactpkg "github.com/lockstep/lockstep/redact"
 )
 
 const (
@@ -240,17 +238,8 @@ func serverAnswers(probe string) bool {
 	return conn.Ping(ctx) == nil
 }
 
-var passwordParam = regexp.MustCompile(`(^|[\s?&])password=[^\s&]*`)
-
-// redact prints a connection string without its password: config.RedactURL
-// hides a URL's userinfo password; the password= parameter libpq also takes,
-// in a URL's query or a keyword/value string, is masked here.
-func redact(s string) string {
-	if strings.Contains(s, "://") {
-		s = config.RedactURL(s)
-	}
-	return passwordParam.ReplaceAllString(s, "${1}password=xxxxx")
-}
+// redact prints a connection string without its password, in any shape.
+func redact(s string) string { return redactpkg.String(s) }
 
 // runWith runs argv with key=value added to the environment and returns its
 // exit status. The command stays in the foreground: a Ctrl-C reaches it
