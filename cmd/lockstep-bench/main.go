@@ -140,10 +140,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer srv.close()
 	cfg.TargetURL, cfg.InProcess, cfg.Stripe = srv.url, true, fake
 	cfg.WebhookSecret, cfg.AppToken = srv.cfg.WebhookSecrets[0], srv.cfg.AppAPIToken
+	cfg.MetricsToken = srv.cfg.MetricsToken
 	if opts.Access {
 		return runAccess(ctx, cfg, srv.cfg.DatabaseURL, opts.Keep)
 	}
-	cfg.MetricsToken = srv.cfg.MetricsToken
 	if opts.LedgerRows > 0 {
 		fmt.Fprintf(stderr, "bench: filling the ledger up to %d rows\n", opts.LedgerRows)
 		added, err := fillLedger(ctx, srv.pool, opts.LedgerRows)
