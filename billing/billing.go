@@ -66,6 +66,11 @@ func queueExec(b *pgx.Batch, what, ref, sql string, args ...any) {
 type Stripe interface {
 	CheckoutSession(ctx context.Context, id string) (*stripeapi.CheckoutSession, time.Time, error)
 	Subscription(ctx context.Context, id string) (*stripeapi.Subscription, time.Time, error)
+	// The catalog a subscription names, and a customer's whole set of
+	// active entitlements (every page), read outside any lock.
+	Price(ctx context.Context, id string) (*stripeapi.Price, time.Time, error)
+	Product(ctx context.Context, id string) (*stripeapi.Product, time.Time, error)
+	ActiveEntitlements(ctx context.Context, customerID string) ([]stripeapi.Entitlement, time.Time, error)
 }
 
 // Service applies webhooks and checkout-success calls.
