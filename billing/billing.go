@@ -79,6 +79,7 @@ type Service struct {
 	db     *pgxpool.Pool
 	stripe Stripe
 	log    *slog.Logger
+	fills  *fillGate // shared by the Service's copies (Bulk)
 }
 
 // NewService returns a Service writing through locks and reading Stripe
@@ -87,7 +88,7 @@ func NewService(locks *lockmgr.Manager, api Stripe, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log}
+	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log, fills: &fillGate{}}
 }
 
 // Bulk is the Service's bulk writers (sync, verify, the sweeper): the same

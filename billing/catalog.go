@@ -8,9 +8,8 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/lockmgr"
 	"github.com/lockstep/lockstep/stripeapi"
@@ -335,25 +334,6 @@ func int64String(n *int64) string {
 	return strconv.FormatInt(*n, 10)
 }
 
-// queueCatalogCheck queues, in a subscription's batch, whether its price
-// and the price's product are stored: *missing is set once the batch ran
-// when one of them is not (a deleted price counts as known).
-func queueCatalogCheck(b *pgx.Batch, priceID string, missing *bool) {
-	if priceID == "" {
-		return
-	}
-	const q = `SELECT NOT EXISTS (
-    SELECT 1 FROM stripe_prices pr
-    WHERE pr.stripe_price_id = $1
-      AND (pr.deleted OR EXISTS (SELECT 1 FROM stripe_products p WHERE p.stripe_product_id = pr.stripe_product_id)))`
-	b.Queue(q, priceID).Fn = func(br pgx.BatchResults) error {
-		if err := br.QueryRow().Scan(missing); err != nil {
-			return fmt.Errorf("read catalog of price %s: %w", priceID, err)
-		}
-		return nil
-	}
-}
-
 // catalogFillTimeout bounds the reads of a missing price and product, so
 // that they never hold up the answer to a webhook or a success call for
 // long.
@@ -366,7 +346,7 @@ const catalogFillTimeout = 3 * time.Second
 // fails its caller: a failed read is logged, and the sweeper, the next
 // subscription event or a sync fills the price later.
 func (s *Service) fillCatalog(ctx context.Context, priceID string) {
-	if priceID == "" {
+	if priceID == "" || !s.fills.try(priceID, time.Now()) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catalogFillTimeout)
@@ -416,4 +396,39 @@ func (s *Service) fillCatalog(ctx context.Context, priceID string) {
 	if _, err := s.ApplyProduct(ctx, stripeapi.Dated[*stripeapi.Product]{Obj: p, At: at}, ApplyOptions{Writer: "catalog"}); err != nil {
 		warn("store product", err)
 	}
+}
+
+// fillRetryAfter is how long fillCatalog leaves a price alone after trying
+// it, so that a storm of events naming a new price reads it once, and a
+// price Stripe cannot answer for is not asked for on every event.
+const fillRetryAfter = time.Minute
+
+// fillGate remembers the prices fillCatalog tried lately.
+type fillGate struct {
+	mu    sync.Mutex
+	tried map[string]time.Time
+}
+
+// try reports whether priceID may be read now, and if so notes it.
+func (g *fillGate) try(priceID string, now time.Time) bool {
+	if g == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.tried == nil {
+		g.tried = map[string]time.Time{}
+	}
+	if at, ok := g.tried[priceID]; ok && now.Sub(at) < fillRetryAfter {
+		return false
+	}
+	if len(g.tried) >= 10_000 {
+		for id, at := range g.tried {
+			if now.Sub(at) >= fillRetryAfter {
+				delete(g.tried, id)
+			}
+		}
+	}
+	g.tried[priceID] = now
+	return true
 }

@@ -94,7 +94,7 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 				}
 				missingPrice = ""
 				if sw.missingCatalog {
-					missingPrice = sw.sub.PriceID
+					missingPrice = sw.view.PriceID
 				}
 			}
 			link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)

@@ -199,7 +199,7 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(
 			}
 			missingPrice = ""
 			if sw.missingCatalog && !o.DryRun {
-				missingPrice = sw.sub.PriceID
+				missingPrice = sw.view.PriceID
 			}
 			if !sw.stale {
 				changes = subscriptionChanges(old, &sw.view)

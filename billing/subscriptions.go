@@ -39,18 +39,16 @@ func (e *tieError) Is(target error) bool { return target == errTie }
 // later, or, for a snapshot fetched to settle a tie, when it is of the same
 // second and the stored row is still the version that tied ($9). A
 // terminal status (canceled, incomplete_expired) always wins and is never
-// replaced, because Stripe never revives such a subscription.
-//
-// A snapshot that says what the stored one says is not written (no row
-// version, no updated_at), so a second sync rewrites nothing: see the
-// unchanged rule below. It returns the row as stored afterwards, and whether this
-// snapshot was written, in one round trip: the upsert's own row when it
-// wrote, the stored row when it did not (stale or unchanged), which is what
-// settling a tie needs. No row at all is only possible when the stored row
-// was committed after the statement began, which the customer's lock rules
-// out; the caller then reads it (see settle).
+// replaced, because Stripe never revives such a subscription. A snapshot
+// that says what the stored one says is not written (no row version, no
+// updated_at), so a second sync rewrites nothing: see the unchanged rule
+// below. It returns the row stored, and whether the price it names (or
+// the price's product) is missing from the catalog, or nothing when the
+// stored snapshot was kept: the caller then reads the stored row (settle).
+// An upsert-or-read CTE would answer both in one round trip, but makes
+// every applied snapshot dearer (see 875a098); a kept snapshot is rare on
+// the webhook path, where an event of a later second always writes.
 const upsertSubscription = `
-WITH up AS (
 INSERT INTO stripe_subscriptions AS s (stripe_subscription_id, stripe_customer_id, status, price_id,
     current_period_end, cancel_at_period_end, source_time, source, trial_end, current_period_start, latest_invoice)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11, $12)
@@ -78,14 +76,13 @@ WHERE s.stripe_customer_id = excluded.stripe_customer_id
         coalesce(excluded.current_period_start, s.current_period_start), excluded.trial_end,
         coalesce(excluded.latest_invoice, s.latest_invoice), excluded.cancel_at_period_end)
        OR (excluded.source <> 'api' AND excluded.source_time > s.source_time))
-RETURNING true AS written, status, coalesce(price_id, '') AS price_id, current_period_end, cancel_at_period_end,
-    trial_end, current_period_start, coalesce(latest_invoice, '') AS latest_invoice, source_time, xmin::text AS version
-)
-SELECT * FROM up
-UNION ALL
-SELECT false, status, coalesce(price_id, ''), current_period_end, cancel_at_period_end,
-    trial_end, current_period_start, coalesce(latest_invoice, ''), source_time, xmin::text
-FROM stripe_subscriptions WHERE stripe_subscription_id = $1 AND NOT EXISTS (SELECT 1 FROM up)`
+RETURNING status, coalesce(price_id, ''), current_period_end, cancel_at_period_end, ` + catalogMissing
+
+// catalogMissing tells, of a stored subscription row s, whether its price,
+// or the price's product, is not stored (a deleted price counts as stored).
+const catalogMissing = `s.price_id IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM stripe_prices pr WHERE pr.stripe_price_id = s.price_id
+    AND (pr.deleted OR EXISTS (SELECT 1 FROM stripe_products p WHERE p.stripe_product_id = pr.stripe_product_id)))`
 
 // For every upsert of a Stripe snapshot here (subscriptions,
 // invoices, products, prices, entitlement sets): a snapshot whose fields
@@ -126,10 +123,9 @@ type subscriptionWrite struct {
 	// unchanged is set when the stored snapshot says what this one says.
 	unchanged bool
 	// stored is what settling needs of the stored row when this snapshot
-	// was not written; storedRead says whether the upsert returned it.
-	stored     storedSubscription
-	storedRead bool
-	// missingCatalog is set when the subscription's price, or its
+	// was not written.
+	stored storedSubscription
+	// missingCatalog is set when the stored subscription's price, or its
 	// product, is not stored: the caller reads them from Stripe once its
 	// transaction committed (fillCatalog).
 	missingCatalog bool
@@ -154,42 +150,35 @@ func queueApplySubscription(b *pgx.Batch, snap snapshot) *subscriptionWrite {
 	b.Queue(upsertSubscription, sub.ID, sub.CustomerID, sub.Status, nullString(sub.PriceID),
 		nullTime(sub.CurrentPeriodEnd), sub.CancelAtPeriodEnd, snap.at, snap.source, nullString(snap.settles),
 		nullTime(sub.TrialEnd), nullTime(sub.CurrentPeriodStart), nullString(sub.LatestInvoiceID)).Fn = func(br pgx.BatchResults) error {
-		v, st := &w.view, &w.stored
-		var written bool
-		err := br.QueryRow().Scan(&written, &v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
-			&st.trialEnd, &st.periodStart, &st.latestInvoice, &st.at, &st.version)
+		v := &w.view
+		err := br.QueryRow().Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd, &w.missingCatalog)
 		switch {
 		case isNoRows(err):
-			w.stale = true // settle reads the row
+			w.stale = true
 		case err != nil:
 			return fmt.Errorf("upsert subscription %s: %w", sub.ID, err)
-		case !written:
-			w.stale, w.storedRead = true, true
-			w.judge()
 		}
 		return nil
 	}
-	queueCatalogCheck(b, sub.PriceID, &w.missingCatalog)
 	return w
 }
 
-// settle finishes a stale write: it reads, in the same transaction, the
-// stored snapshot the upsert kept when the upsert did not return it (never
-// under the customer's lock; see upsertSubscription), and says whether the
-// stored snapshot ties with the one refused.
+// settle reads, in the same transaction, the stored snapshot a stale upsert
+// kept: the view, whether it was unchanged, and whether it ties with the
+// one refused. It costs a round trip, paid only by snapshots that arrive
+// out of order or say what is stored.
 func (w *subscriptionWrite) settle(ctx context.Context, db DBTX) error {
-	if !w.stale || w.storedRead {
+	if !w.stale {
 		return nil
 	}
 	const q = `SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end,
-    trial_end, current_period_start, coalesce(latest_invoice, ''), source_time, xmin::text
-FROM stripe_subscriptions WHERE stripe_subscription_id = $1`
+    trial_end, current_period_start, coalesce(latest_invoice, ''), source_time, xmin::text, ` + catalogMissing + `
+FROM stripe_subscriptions s WHERE stripe_subscription_id = $1`
 	v, st := &w.view, &w.stored
 	if err := db.QueryRow(ctx, q, w.sub.ID).Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
-		&st.trialEnd, &st.periodStart, &st.latestInvoice, &st.at, &st.version); err != nil {
+		&st.trialEnd, &st.periodStart, &st.latestInvoice, &st.at, &st.version, &w.missingCatalog); err != nil {
 		return fmt.Errorf("read subscription %s: %w", w.sub.ID, err)
 	}
-	w.storedRead = true
 	w.judge()
 	return nil
 }

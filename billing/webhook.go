@@ -306,7 +306,7 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 			return EventResult{}, err
 		}
 		if sw.missingCatalog {
-			missing = sw.sub.PriceID
+			missing = sw.view.PriceID
 		}
 	}
 	switch {
