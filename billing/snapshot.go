@@ -163,7 +163,6 @@ func (s *Service) ApplySubscription(ctx context.Context, d stripeapi.Dated[*stri
 		return nil, fmt.Errorf("apply subscription %s: it names no customer", sub.ID)
 	}
 	var changes []Change
-	var missingPrice string
 	err := s.settleTies(ctx, func(fresh *snapshot) error {
 		snap := snapshot{sub: sub, at: d.At, source: "api"}
 		if fresh != nil {
@@ -197,10 +196,6 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(
 			if sw.tie != nil {
 				return sw.tie
 			}
-			missingPrice = ""
-			if sw.missingCatalog && !o.DryRun {
-				missingPrice = sw.view.PriceID
-			}
 			if !sw.stale {
 				changes = subscriptionChanges(old, &sw.view)
 			}
@@ -210,7 +205,6 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(
 	if err != nil {
 		return nil, fmt.Errorf("apply subscription %s: %w", sub.ID, err)
 	}
-	s.fillCatalog(ctx, missingPrice)
 	return changes, nil
 }
 
