@@ -286,3 +286,80 @@ func TestSweepRecoversCatalogEvents(t *testing.T) {
 		t.Errorf("missed entitlement summary: %q", got)
 	}
 }
+
+// Deliveries racing for the catalog: the same product event delivered
+// eight times at once is processed once, and snapshots of one price
+// delivered at once in any order end at the newest.
+func TestCatalogConcurrentDeliveries(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	prod := stripefake.Product{ID: stripefake.NewID("prod_"), Name: "Raced"}
+	id := stripefake.NewID("evt_")
+	payload := event(id, "product.created", base, stripefake.ProductJSON(prod))
+	codes := make([]int, 8)
+	fns := make([]func(), len(codes))
+	for i := range fns {
+		fns[i] = func() { codes[i] = b.postWebhook(payload).code }
+	}
+	concurrently(fns...)
+	for i, c := range codes {
+		if c != http.StatusOK {
+			t.Fatalf("delivery %d: %d", i, c)
+		}
+	}
+	if got := b.ledgerStatus(id); got != "processed attempts=1" {
+		t.Fatalf("ledger after 8 racing deliveries: %s, want processed once", got)
+	}
+
+	price := stripefake.NewID("price_")
+	fns = fns[:0]
+	for i := range 8 {
+		p := stripefake.Price{ID: price, Product: prod.ID, LookupKey: fmt.Sprintf("v%d", i), UnitAmount: 100, Interval: "month"}
+		ev := event(stripefake.NewID("evt_"), "price.updated", base.Add(time.Duration(i)*time.Second), stripefake.PriceJSON(p))
+		fns = append(fns, func() { must200(t, "price event", b.postWebhook(ev)) })
+	}
+	concurrently(fns...)
+	if got := b.scalar(`SELECT lookup_key FROM stripe_prices WHERE stripe_price_id = $1`, price); got != "v7" {
+		t.Fatalf("after racing price events: lookup_key %q, want the newest (v7)", got)
+	}
+}
+
+// Two different summaries of the same second: their order is unknown, so
+// lockstep reads the customer's set from Stripe and stores what Stripe
+// says now.
+func TestEntitlementSameSecondSettledFromStripe(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cus := stripefake.NewID("cus_")
+	b.stripe.PutCustomer(stripefake.Customer{ID: cus})
+	at := b.stripe.Now().Add(-time.Hour).Truncate(time.Second)
+	summary := func(keys ...string) []byte {
+		ents := make([]stripefake.Entitlement, len(keys))
+		for i, k := range keys {
+			ents[i] = stripefake.Entitlement{Feature: "feat_" + k, LookupKey: k}
+		}
+		return event(stripefake.NewID("evt_"), "entitlements.active_entitlement_summary.updated", at,
+			stripefake.EntitlementSummaryJSON(cus, ents, 0))
+	}
+	b.stripe.SetEntitlements(cus, stripefake.Entitlement{Feature: "feat_now", LookupKey: "now"})
+	must200(t, "first", b.postWebhook(summary("one")))
+	if got := b.entitlementKeys(cus); got != "one" {
+		t.Fatalf("first summary: %q", got)
+	}
+	before := b.stripe.Requests()
+	must200(t, "same second", b.postWebhook(summary("two")))
+	if got := b.entitlementKeys(cus); got != "now" {
+		t.Fatalf("after two same-second summaries: %q, want Stripe's set now", got)
+	}
+	if b.stripe.Requests() == before {
+		t.Fatal("the tie was settled without asking Stripe")
+	}
+	// Stripe's set is now stored, dated by Stripe's answer: a summary of
+	// the earlier second is older, and asks nothing.
+	before = b.stripe.Requests()
+	must200(t, "same again", b.postWebhook(summary("now")))
+	if b.stripe.Requests() != before {
+		t.Fatal("an older summary asked Stripe")
+	}
+}
