@@ -352,7 +352,9 @@ func (s *Service) fillCatalog(ctx context.Context, priceID string) {
 	if priceID == "" || !s.fills.try(priceID, time.Now()) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), catalogFillTimeout)
+	// Within the caller's deadline (a request's answer must not wait past
+	// it), and at most catalogFillTimeout.
+	ctx, cancel := context.WithTimeout(ctx, catalogFillTimeout)
 	defer cancel()
 	warn := func(what string, err error) {
 		s.log.WarnContext(ctx, "could not store the catalog of a subscription's price; a later sync or event fills it",
