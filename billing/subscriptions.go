@@ -84,18 +84,18 @@ const catalogMissing = `s.price_id IS NOT NULL AND NOT EXISTS (
     SELECT 1 FROM stripe_prices pr WHERE pr.stripe_price_id = s.price_id
     AND (pr.deleted OR EXISTS (SELECT 1 FROM stripe_products p WHERE p.stripe_product_id = pr.stripe_product_id)))`
 
-// For every upsert of a Stripe snapshot here (subscriptions,
-// invoices, products, prices, entitlement sets): a snapshot whose fields
-// equal the stored ones writes nothing, so a second sync (or verify
-// --repair) of an unchanged account rewrites no row (the unchanged rule). The one exception is
-// an event's snapshot (source not "api") of a later second: it still
-// advances source_time, because events alone carry Stripe's order; were an
-// event of an unchanged state not to advance it, an older event of another
-// state delivered after it would win. A read from the API of an unchanged
-// state advances nothing: an older event delivered after such a read can
-// only have been followed by the event that changed the state back, which
-// is newer than it and restores the state (the sweeper applies missed
-// events oldest first).
+// The unchanged rule, for every upsert of a Stripe snapshot here
+// (subscriptions, invoices, products, prices, entitlement sets): a
+// snapshot whose fields equal the stored ones writes nothing, so a second
+// sync (or verify --repair) of an unchanged account rewrites no row. The
+// one exception is an event's snapshot (source not "api") of a later
+// second: it still advances source_time, because events alone carry
+// Stripe's order; were an event of an unchanged state not to advance it,
+// an older event of another state delivered after it would win. A read
+// from the API of an unchanged state advances nothing: an older event
+// delivered after such a read can only have been followed by the event
+// that changed the state back, which is newer than it and restores the
+// state (the sweeper applies missed events oldest first).
 
 // snapshot is a subscription as of a Stripe time, from a source (an event
 // id, or "api" for an object read from Stripe's API, dated by the answer's
