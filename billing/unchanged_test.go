@@ -112,6 +112,13 @@ func TestUnchangedSnapshotsWriteNothing(t *testing.T) {
 	if v := rowVersion(t, db, "stripe_subscriptions", "stripe_subscription_id", "sub_same"); v == first["stripe_subscriptions"] {
 		t.Error("a changed snapshot was not written")
 	}
+	// A change of a field only the next step reads is written and reported too.
+	ended := changed
+	ended.TrialEnd = later
+	changes, err = s.ApplySubscription(ctx, stripeapi.Dated[*stripeapi.Subscription]{Obj: &ended, At: later.Add(time.Second)}, o)
+	if err != nil || len(changes) != 1 || changes[0].Field != "trial_end" {
+		t.Fatalf("changed trial_end: changes %v, err %v", changes, err)
+	}
 }
 
 // decideEntitlements: an older set never wins, an unchanged one writes
