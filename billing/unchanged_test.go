@@ -150,3 +150,53 @@ func TestDecideEntitlements(t *testing.T) {
 		}
 	}
 }
+
+// A dry run of the catalog and entitlement writers reports what it would
+// change and writes nothing; the real run then reports the same.
+func TestCatalogDryRun(t *testing.T) {
+	t.Parallel()
+	db := dbtest.New(t)
+	ctx := context.Background()
+	s := NewService(lockmgr.New(db.Pool, lockmgr.DefaultConfig(), nil, nil), nil, nil)
+	at := time.Unix(1_800_000_000, 0).UTC()
+	amount := int64(500)
+	prod := stripeapi.Dated[*stripeapi.Product]{Obj: &stripeapi.Product{ID: "prod_dry", Name: "Dry", Active: true}, At: at}
+	price := stripeapi.Dated[*stripeapi.Price]{Obj: &stripeapi.Price{ID: "price_dry", ProductID: "prod_dry", Active: true,
+		Currency: "usd", UnitAmount: &amount, Interval: "month", IntervalCount: 1}, At: at}
+	ents := []stripeapi.Entitlement{{ID: "ent_dry", FeatureID: "feat_dry", LookupKey: "dry"}}
+	count := func() int {
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM stripe_products) + (SELECT count(*) FROM stripe_prices)
+    + (SELECT count(*) FROM stripe_entitlements)`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, dry := range []bool{true, false} {
+		o := ApplyOptions{Writer: "verify", DryRun: dry}
+		pc, err := s.ApplyProduct(ctx, prod, o)
+		if err != nil || len(pc) != 1 || pc[0].Object != "product" || pc[0].Field != "" {
+			t.Fatalf("dry=%v product: %v, %v", dry, pc, err)
+		}
+		rc, err := s.ApplyPrice(ctx, price, o)
+		if err != nil || len(rc) != 1 || rc[0].Object != "price" {
+			t.Fatalf("dry=%v price: %v, %v", dry, rc, err)
+		}
+		ec, err := s.ApplyEntitlements(ctx, "cus_dry", ents, at, o)
+		if err != nil || len(ec) != 1 || ec[0].Stripe != "dry" || ec[0].Stored != "" {
+			t.Fatalf("dry=%v entitlements: %v, %v", dry, ec, err)
+		}
+		if n, want := count(), map[bool]int{true: 0, false: 3}[dry]; n != want {
+			t.Fatalf("dry=%v: %d rows stored, want %d", dry, n, want)
+		}
+	}
+	// Renamed, newer: one field change; an older snapshot: none.
+	renamed := stripeapi.Dated[*stripeapi.Product]{Obj: &stripeapi.Product{ID: "prod_dry", Name: "Wet", Active: true}, At: at.Add(time.Second)}
+	if c, err := s.ApplyProduct(ctx, renamed, ApplyOptions{DryRun: true}); err != nil || len(c) != 1 || c[0].Field != "name" {
+		t.Fatalf("renamed, dry: %v, %v", c, err)
+	}
+	older := stripeapi.Dated[*stripeapi.Product]{Obj: &stripeapi.Product{ID: "prod_dry", Name: "Wet", Active: true}, At: at.Add(-time.Second)}
+	if c, err := s.ApplyProduct(ctx, older, ApplyOptions{}); err != nil || len(c) != 0 {
+		t.Fatalf("older: %v, %v", c, err)
+	}
+}
