@@ -214,6 +214,10 @@ func perfSetup(t *testing.T) *perfBundle {
 	}
 	t.Cleanup(pool.Close)
 	fake := stripefake.New(t)
+	// The catalog the events name: the first event stores it, so that the
+	// operations measured find it known.
+	fake.PutProduct(stripefake.Product{ID: "prod_bench", Name: "Bench"})
+	fake.PutPrice(stripefake.Price{ID: "price_bench", Product: "prod_bench", UnitAmount: 100, Interval: "month"})
 	svc := NewService(lockmgr.New(pool, lockmgr.DefaultConfig(), nil, nil),
 		stripeapi.NewClient(fake.URL, "sk_test_bench", stripeapi.Options{Timeout: 5 * time.Second}), nil)
 	return &perfBundle{svc: svc, rec: rec, fake: fake}
@@ -260,7 +264,7 @@ func TestStatementsPerOperation(t *testing.T) {
 	// Warm the connection's statement cache with a first event, and with a
 	// first checkout-success call for another customer.
 	p.process(t, perfEvent("evt_warm1", "cus_warm", "sub_warm", base))
-	p.fake.PutSubscription(stripefake.Subscription{ID: "sub_warm", Customer: "cus_warm", Status: "active"})
+	p.fake.PutSubscription(stripefake.Subscription{ID: "sub_warm", Customer: "cus_warm", Status: "active", PriceID: "price_bench"})
 	p.fake.PutSession(stripefake.Session{ID: "cs_warm", Customer: "cus_warm", Subscription: "sub_warm",
 		ClientReferenceID: "user_warm", Status: "complete", PaymentStatus: "paid"})
 	if _, err := p.svc.SyncCheckout(ctx, "cs_warm", "user_warm"); err != nil {
@@ -286,7 +290,7 @@ func TestStatementsPerOperation(t *testing.T) {
 		t.Errorf("duplicate: %d transactions, want none (the read before the lock stops it)", dup.count("begin"))
 	}
 
-	p.fake.PutSubscription(stripefake.Subscription{ID: "sub_b", Customer: "cus_b", Status: "active"})
+	p.fake.PutSubscription(stripefake.Subscription{ID: "sub_b", Customer: "cus_b", Status: "active", PriceID: "price_bench"})
 	p.fake.PutSession(stripefake.Session{ID: "cs_b", Customer: "cus_b", Subscription: "sub_b",
 		ClientReferenceID: "user_b", Status: "complete", PaymentStatus: "paid"})
 	var out *CheckoutResult

@@ -66,6 +66,11 @@ func queueExec(b *pgx.Batch, what, ref, sql string, args ...any) {
 type Stripe interface {
 	CheckoutSession(ctx context.Context, id string) (*stripeapi.CheckoutSession, time.Time, error)
 	Subscription(ctx context.Context, id string) (*stripeapi.Subscription, time.Time, error)
+	// The catalog a subscription names, and a customer's whole set of
+	// active entitlements (every page), read outside any lock.
+	Price(ctx context.Context, id string) (*stripeapi.Price, time.Time, error)
+	Product(ctx context.Context, id string) (*stripeapi.Product, time.Time, error)
+	ActiveEntitlements(ctx context.Context, customerID string) ([]stripeapi.Entitlement, time.Time, error)
 }
 
 // Service applies webhooks and checkout-success calls.
@@ -76,6 +81,7 @@ type Service struct {
 	log    *slog.Logger
 	// pastDueGrace is ACCESS_PAST_DUE_GRACE, for the access read.
 	pastDueGrace time.Duration
+	fills        *fillGate // shared by the Service's copies (Bulk)
 }
 
 // NewService returns a Service writing through locks and reading Stripe
@@ -84,7 +90,7 @@ func NewService(locks *lockmgr.Manager, api Stripe, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log}
+	return &Service{locks: locks, db: locks.Pool(), stripe: api, log: log, fills: &fillGate{}}
 }
 
 // Bulk is the Service's bulk writers (sync, verify, the sweeper): the same

@@ -68,6 +68,7 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	// back.
 	// Two snapshots of the same second (this read and an event's) settle
 	// from the API, outside the lock.
+	var missingPrice string
 	err = s.settleTies(ctx, func(fresh *snapshot) error {
 		return s.locks.InCustomerTx(ctx, sess.CustomerID, lockmgr.Who{Writer: "checkout", Ref: sess.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
 			res.Mapping, res.Subscription = "", nil
@@ -90,6 +91,10 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 				}
 				if sw.tie != nil {
 					return sw.tie
+				}
+				missingPrice = ""
+				if sw.missingCatalog {
+					missingPrice = sw.view.PriceID
 				}
 			}
 			link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
@@ -115,5 +120,6 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	if err != nil {
 		return nil, err
 	}
+	s.fillCatalog(ctx, missingPrice) // the plan's name, read after the commit; never fails the call
 	return res, nil
 }

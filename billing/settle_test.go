@@ -23,6 +23,18 @@ func (f *settleStripe) Subscription(_ context.Context, id string) (*stripeapi.Su
 	return &stripeapi.Subscription{ID: id, CustomerID: "cus_1", Status: "active"}, time.Unix(1_700_000_000, 0), nil
 }
 
+func (f *settleStripe) Price(context.Context, string) (*stripeapi.Price, time.Time, error) {
+	return nil, time.Time{}, stripeapi.ErrNotFound
+}
+
+func (f *settleStripe) Product(context.Context, string) (*stripeapi.Product, time.Time, error) {
+	return nil, time.Time{}, stripeapi.ErrNotFound
+}
+
+func (f *settleStripe) ActiveEntitlements(context.Context, string) ([]stripeapi.Entitlement, time.Time, error) {
+	return nil, time.Time{}, stripeapi.ErrNotFound
+}
+
 // A tie is settled by reading Stripe and writing again, with what it read
 // replacing the row version that tied; a write that keeps tying stops after
 // maxSettles reads with ErrUnsettled, which handlers answer with 503.

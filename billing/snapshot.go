@@ -172,10 +172,13 @@ func (s *Service) ApplySubscription(ctx context.Context, d stripeapi.Dated[*stri
 			changes = nil
 			b := &pgx.Batch{}
 			var old *SubscriptionView
-			b.Queue(`SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end
+			var oldMore storedSubscription
+			b.Queue(`SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end,
+    trial_end, current_period_start, coalesce(latest_invoice, '')
 FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(br pgx.BatchResults) error {
 				v := SubscriptionView{ID: sub.ID}
-				err := br.QueryRow().Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd)
+				err := br.QueryRow().Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
+					&oldMore.trialEnd, &oldMore.periodStart, &oldMore.latestInvoice)
 				switch {
 				case isNoRows(err):
 				case err != nil:
@@ -198,6 +201,9 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(
 			}
 			if !sw.stale {
 				changes = subscriptionChanges(old, &sw.view)
+				if old != nil {
+					changes = append(changes, nextStepChanges(oldMore, snap.sub)...)
+				}
 			}
 			return nil
 		})
@@ -224,6 +230,23 @@ func subscriptionChanges(stored, other *SubscriptionView) []Change {
 	add("price", stored.PriceID, other.PriceID)
 	add("current_period_end", timeString(stored.CurrentPeriodEnd), timeString(other.CurrentPeriodEnd))
 	add("cancel_at_period_end", strconv.FormatBool(stored.CancelAtPeriodEnd), strconv.FormatBool(other.CancelAtPeriodEnd))
+	return out
+}
+
+// nextStepChanges lists the fields the paywall's next step reads that a
+// written snapshot changed: trial_end, current_period_start,
+// latest_invoice (a field the snapshot leaves empty keeps the stored one,
+// as upsertSubscription does).
+func nextStepChanges(stored storedSubscription, s *stripeapi.Subscription) []Change {
+	var out []Change
+	add := changeAdder(&out, "subscription", s.ID)
+	add("trial_end", timeString(stored.trialEnd), timeString(nullTime(s.TrialEnd)))
+	if !s.CurrentPeriodStart.IsZero() {
+		add("current_period_start", timeString(stored.periodStart), timeString(&s.CurrentPeriodStart))
+	}
+	if s.LatestInvoiceID != "" {
+		add("latest_invoice", stored.latestInvoice, s.LatestInvoiceID)
+	}
 	return out
 }
 

@@ -28,6 +28,10 @@ const (
 type EventResult struct {
 	Outcome Outcome
 	Note    string
+
+	// missingPrice is the price of the event's subscription when lockstep
+	// has not stored it (or its product) yet: read after the commit.
+	missingPrice string
 }
 
 // action is an event parsed for the processor: the customer it locks and
@@ -38,6 +42,11 @@ type action struct {
 	customer   *stripeapi.Customer
 	sub        *stripeapi.Subscription
 	invoice    *stripeapi.Invoice
+	// The catalog is account-wide (no customer) and the entitlement
+	// summary a customer's whole set: see catalog.go, entitlements.go.
+	product *stripeapi.Product
+	price   *stripeapi.Price
+	summary *stripeapi.EntitlementSummary
 }
 
 // handledTypes are the event types lockstep acts on; others are ignored.
@@ -61,6 +70,53 @@ var handledTypes = map[string]func(b []byte) (*action, error){
 	"invoice.finalized":                            parseInvoiceAction,
 	"invoice.voided":                               parseInvoiceAction,
 	"invoice.marked_uncollectible":                 parseInvoiceAction,
+
+	// The paywall's: the catalog, a customer's entitlements, and the invoice
+	// whose hosted page confirms a payment.
+	"invoice.payment_action_required": parseInvoiceAction,
+	"product.created":                 parseProductAction(false),
+	"product.updated":                 parseProductAction(false),
+	"product.deleted":                 parseProductAction(true),
+	"price.created":                   parsePriceAction(false),
+	"price.updated":                   parsePriceAction(false),
+	"price.deleted":                   parsePriceAction(true),
+	"entitlements.active_entitlement_summary.updated": parseEntitlementSummaryAction,
+}
+
+// parseProductAction parses a product event's object; deleted marks it
+// deleted (product.deleted carries the product's last state).
+func parseProductAction(deleted bool) func(b []byte) (*action, error) {
+	return func(b []byte) (*action, error) {
+		p, err := stripeapi.ParseProduct(b)
+		if err != nil {
+			return nil, err
+		}
+		if deleted {
+			p.Deleted, p.Active = true, false
+		}
+		return &action{product: p}, nil
+	}
+}
+
+func parsePriceAction(deleted bool) func(b []byte) (*action, error) {
+	return func(b []byte) (*action, error) {
+		p, err := stripeapi.ParsePrice(b)
+		if err != nil {
+			return nil, err
+		}
+		if deleted {
+			p.Deleted, p.Active = true, false
+		}
+		return &action{price: p}, nil
+	}
+}
+
+func parseEntitlementSummaryAction(b []byte) (*action, error) {
+	sum, err := stripeapi.ParseEntitlementSummary(b)
+	if err != nil {
+		return nil, err
+	}
+	return &action{customerID: sum.CustomerID, summary: sum}, nil
 }
 
 func parseSessionAction(b []byte) (*action, error) {
@@ -125,6 +181,8 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 	switch {
 	case act == nil:
 		return s.ignore(ctx, ev, "", "event type not handled")
+	case act.product != nil || act.price != nil:
+		return s.processCatalogEvent(ctx, ev, act)
 	case act.customerID == "":
 		return s.ignore(ctx, ev, "", "event names no customer")
 	}
@@ -136,6 +194,10 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 		return EventResult{Outcome: Duplicate}, nil
 	}
 
+	if act.summary != nil {
+		return s.processEntitlementsEvent(ctx, ev, act, writer)
+	}
+
 	// Two snapshots of the same second settle from the API, outside the lock.
 	var res EventResult
 	err = s.settleTies(ctx, func(fresh *snapshot) error {
@@ -145,6 +207,9 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 	})
 	if err != nil {
 		return s.fail(ctx, ev, act, err)
+	}
+	if res.missingPrice != "" {
+		s.fillCatalog(ctx, res.missingPrice)
 	}
 	return res, nil
 }
@@ -235,16 +300,20 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 	if status == StatusProcessed || status == StatusIgnored {
 		return EventResult{}, errDuplicate
 	}
+	var missing string
 	if sw != nil {
 		if err := sw.settle(ctx, tx); err != nil {
 			return EventResult{}, err
+		}
+		if sw.missingCatalog {
+			missing = sw.view.PriceID
 		}
 	}
 	switch {
 	case sw != nil && sw.tie != nil:
 		return EventResult{}, sw.tie
 	case found == nil:
-		return EventResult{Outcome: Processed, Note: note}, nil
+		return EventResult{Outcome: Processed, Note: note, missingPrice: missing}, nil
 	}
 
 	note, writes, err := s.webhookLink(ctx, ev, act.customerID, users[0], linkedAt, *found)
@@ -260,7 +329,7 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 	if err := tx.SendBatch(ctx, b); err != nil {
 		return EventResult{}, err
 	}
-	return EventResult{Outcome: Processed, Note: note}, nil
+	return EventResult{Outcome: Processed, Note: note, missingPrice: missing}, nil
 }
 
 // claimedUsers lists the users the event's object names for its customer,

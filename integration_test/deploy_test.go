@@ -218,7 +218,7 @@ func TestDeployQueriesUseExportedMetrics(t *testing.T) {
 	completed := sessionCompleted(fx, now)
 	must200(t, "session completed", b.postWebhook(completed))
 	must200(t, "duplicate", b.postWebhook(completed))
-	must200(t, "ignored", b.postWebhook(event(stripefake.NewID("evt_"), "product.created", now, map[string]any{"id": "prod_deploy", "object": "product"})))
+	must200(t, "ignored", b.postWebhook(event(stripefake.NewID("evt_"), "payment_intent.created", now, map[string]any{"id": "pi_deploy", "object": "payment_intent"})))
 	if r := b.postWebhookHeader(completed, "t=1,v1=00"); r.code != http.StatusBadRequest {
 		t.Fatalf("bad signature: %d", r.code)
 	}

@@ -113,9 +113,9 @@ func TestMetricsMoveWithEvents(t *testing.T) {
 	if st := b.postWebhook(completed).json(t)["status"]; st != "duplicate" {
 		t.Fatalf("second delivery: %v, want duplicate", st)
 	}
-	ignored := event(stripefake.NewID("evt_"), "product.created", now, map[string]any{"id": "prod_ops", "object": "product"})
+	ignored := event(stripefake.NewID("evt_"), "payment_intent.created", now, map[string]any{"id": "pi_ops", "object": "payment_intent"})
 	if st := b.postWebhook(ignored).json(t)["status"]; st != "ignored" {
-		t.Fatalf("product.created: %v, want ignored", st)
+		t.Fatalf("payment_intent.created: %v, want ignored", st)
 	}
 	created := subEvent(fx, "customer.subscription.created", "active", now)
 	must200(t, "signed with the second secret", b.postWebhookHeader(created, stripefake.SignatureHeader(created, secretOld, time.Now())))
@@ -140,7 +140,7 @@ func TestMetricsMoveWithEvents(t *testing.T) {
 	}{
 		{"lockstep_webhook_events_total", []string{"type", "checkout.session.completed", "outcome", "processed"}, 1},
 		{"lockstep_webhook_events_total", []string{"type", "checkout.session.completed", "outcome", "duplicate"}, 1},
-		{"lockstep_webhook_events_total", []string{"type", "product.created", "outcome", "ignored"}, 1},
+		{"lockstep_webhook_events_total", []string{"type", "payment_intent.created", "outcome", "ignored"}, 1},
 		{"lockstep_webhook_events_total", []string{"type", "customer.subscription.created", "outcome", "processed"}, 1},
 		{"lockstep_webhook_events_total", []string{"type", "customer.subscription.updated", "outcome", "failed"}, 1},
 		{"lockstep_webhook_events_total", []string{"outcome", "failed"}, 1},

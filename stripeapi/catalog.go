@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"net/url"
 	"time"
 
 	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/form"
 )
 
 // Product is the part of a product lockstep stores: what names a plan.
@@ -229,38 +229,63 @@ func (c *Client) Prices(ctx context.Context, p ListParams) iter.Seq2[Dated[*Pric
 	return list(ctx, c, "/v1/prices", p, nil, ParsePrice, func(pr *Price) string { return pr.ID })
 }
 
+// maxEntitlementPages bounds the pages ActiveEntitlements reads: 10,000
+// entitlements, far more features than any product has.
+const maxEntitlementPages = 100
+
 // ActiveEntitlements reads the whole set of a customer's active
 // entitlements from GET /v1/entitlements/active_entitlements, every page,
-// dated by the first page's answer. stripe-go v76 predates Entitlements:
-// this goes through the same raw list path as every list here.
+// dated by the first page's answer (its Date header, even when the list is
+// empty, so an empty set costs one request). stripe-go v76 predates
+// Entitlements: this goes through the same raw page path as every list
+// here. A page that does not move forward (an empty page that says
+// has_more, a last id already seen) or more than maxEntitlementPages pages
+// stop it with an error naming the list.
 func (c *Client) ActiveEntitlements(ctx context.Context, customerID string) ([]Entitlement, time.Time, error) {
 	if !ValidID(customerID, "cus_") {
 		return nil, time.Time{}, ErrNotFound
 	}
+	const path = "/v1/entitlements/active_entitlements"
+	fail := func(err error) ([]Entitlement, time.Time, error) {
+		return nil, time.Time{}, fmt.Errorf("active entitlements of %s: %w", customerID, err)
+	}
 	var (
-		out []Entitlement
-		at  time.Time
+		out   []Entitlement
+		first time.Time
+		after string
 	)
-	seq := list(ctx, c, "/v1/entitlements/active_entitlements", ListParams{}, func(f *stripe.Filters) {
-		f.AddFilter("customer", "", customerID)
-	}, ParseEntitlement, func(e *Entitlement) string { return e.ID })
-	for d, err := range seq {
+	fw := newForward(path, "", maxEntitlementPages)
+	for pages := 0; ; pages++ {
+		f := &form.Values{}
+		f.Add("customer", customerID)
+		f.Add("limit", "100")
+		if after != "" {
+			f.Add("starting_after", after)
+		}
+		items, lc, err := c.page(ctx, path, f, &stripe.Params{Context: ctx}, fw, func(raw []byte, _ time.Time) (any, string, error) {
+			e, err := ParseEntitlement(raw)
+			if err != nil {
+				return nil, "", err
+			}
+			return e, e.ID, nil
+		})
 		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("active entitlements of %s: %w", url.PathEscape(customerID), err)
+			return fail(err)
 		}
-		if at.IsZero() {
-			at = d.At
+		pg := lc.(*rawPage)
+		if pages == 0 { // c.page has checked the Date header, even of an empty page
+			if first, err = responseTime(pg.LastResponse.Header); err != nil {
+				return fail(fmt.Errorf("%w: GET %s: %v", ErrUnavailable, path, err))
+			}
 		}
-		out = append(out, *d.Obj)
+		for _, it := range items {
+			out = append(out, *it.(*Entitlement))
+		}
+		if !pg.HasMore {
+			return out, first, nil
+		}
+		after = out[len(out)-1].ID // c.page refuses an empty page with more
 	}
-	if at.IsZero() { // an empty list: date it by a read of the customer
-		_, t, err := c.Customer(ctx, customerID)
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("active entitlements of %s: %w", customerID, err)
-		}
-		at = t
-	}
-	return out, at, nil
 }
 
 // failed is a list that yields err and ends.

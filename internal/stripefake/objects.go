@@ -52,6 +52,12 @@ type Subscription struct {
 	CancelAtPeriodEnd bool
 	Created           time.Time
 	Metadata          map[string]string
+	// CurrentPeriodStart, when set, replaces CurrentPeriodEnd minus one
+	// month; TrialEnd renders trial_end (and trial_start = Created);
+	// LatestInvoice renders latest_invoice ("" as null).
+	CurrentPeriodStart time.Time
+	TrialEnd           time.Time
+	LatestInvoice      string
 }
 
 // Customer is a Stripe customer. A Deleted customer renders as Stripe's
@@ -71,6 +77,10 @@ type Invoice struct {
 	ID, Customer, Subscription, Status, Currency string
 	AmountDue, AmountPaid                        int64
 	Created                                      time.Time
+	// HostedInvoiceURL renders hosted_invoice_url; "" renders Stripe's
+	// https://invoice.stripe.com/i/<id> once the invoice is not a draft,
+	// null for a draft.
+	HostedInvoiceURL string
 }
 
 // SessionJSON renders a checkout.session as Stripe sends it. subscription is
@@ -162,6 +172,13 @@ func SubscriptionJSON(sub Subscription, apiVersion string) map[string]any {
 		periodEnd = created.AddDate(0, 1, 0)
 	}
 	periodStart := periodEnd.AddDate(0, -1, 0)
+	if !sub.CurrentPeriodStart.IsZero() {
+		periodStart = sub.CurrentPeriodStart
+	}
+	var trialStart, trialEnd any
+	if !sub.TrialEnd.IsZero() {
+		trialStart, trialEnd = created.Unix(), sub.TrialEnd.Unix()
+	}
 	priceID := subscriptionPrice(sub)
 	status := orDefault(sub.Status, "active")
 	basil := IsBasil(apiVersion)
@@ -247,7 +264,7 @@ func SubscriptionJSON(sub Subscription, apiVersion string) map[string]any {
 			"total_count": 1,
 			"url":         "/v1/subscription_items?subscription=" + sub.ID,
 		},
-		"latest_invoice":                    nil,
+		"latest_invoice":                    nullable(sub.LatestInvoice),
 		"livemode":                          false,
 		"metadata":                          metadataJSON(sub.Metadata),
 		"next_pending_invoice_item_invoice": nil,
@@ -266,8 +283,8 @@ func SubscriptionJSON(sub Subscription, apiVersion string) map[string]any {
 		"status":                        status,
 		"test_clock":                    nil,
 		"transfer_data":                 nil,
-		"trial_end":                     nil,
-		"trial_start":                   nil,
+		"trial_end":                     trialEnd,
+		"trial_start":                   trialStart,
 	}
 	if !basil {
 		m["current_period_start"] = periodStart.Unix()
@@ -328,6 +345,13 @@ func InvoiceJSON(inv Invoice, apiVersion string) map[string]any {
 	if remaining < 0 {
 		remaining = 0
 	}
+	var hosted any
+	switch {
+	case inv.HostedInvoiceURL != "":
+		hosted = inv.HostedInvoiceURL
+	case status != "draft":
+		hosted = "https://invoice.stripe.com/i/" + inv.ID
+	}
 	var billingReason any
 	if inv.Subscription != "" {
 		billingReason = "subscription_cycle"
@@ -351,7 +375,7 @@ func InvoiceJSON(inv Invoice, apiVersion string) map[string]any {
 		"customer":           nullable(inv.Customer),
 		"customer_email":     nil,
 		"description":        nil,
-		"hosted_invoice_url": nil,
+		"hosted_invoice_url": hosted,
 		"lines": map[string]any{
 			"object":      "list",
 			"data":        []any{},

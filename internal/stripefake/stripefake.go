@@ -15,6 +15,7 @@
 //	GET /v1/invoices                 customer, subscription, status; expand[]=data.customer
 //	GET /v1/events                   type (* wildcard) or types[]; the last 30 days
 //	POST /_fake/checkout/sessions    the fake's own: a finished checkout (dev.go)
+//	products, prices, active entitlements: see catalog.go
 //
 // Lists take limit (1-100, default 10), starting_after or ending_before, and
 // created or created[gt|gte|lt|lte]; they answer {"object":"list","url",
@@ -80,6 +81,9 @@ type Server struct {
 	subscriptions map[string]Subscription
 	customers     map[string]Customer
 	invoices      map[string]Invoice
+	products      map[string]Product
+	prices        map[string]Price
+	entitlements  map[string][]Entitlement // by customer
 	requests      int
 	rendered      map[string][]byte // 200 answers by request, until the next Put
 	onRequest     func(r *http.Request)
@@ -91,6 +95,8 @@ type Server struct {
 	customerOrder     ordering
 	subscriptionOrder ordering
 	invoiceOrder      ordering
+	productOrder      ordering
+	priceOrder        ordering
 	events            map[string]event
 	eventOrder        ordering
 	eventAPIVersion   string
@@ -401,6 +407,16 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		obj, status, apiErr = s.listInvoices(r.URL.Query(), expand, apiVersion)
 	case "event.list":
 		obj, status, apiErr = s.listEvents(r.URL.Query())
+	case "product":
+		obj, status, apiErr = s.product(id)
+	case "price":
+		obj, status, apiErr = s.price(id)
+	case "product.list":
+		obj, status, apiErr = s.listProducts(r.URL.Query())
+	case "price.list":
+		obj, status, apiErr = s.listPrices(r.URL.Query())
+	case "entitlements.active_entitlement.list":
+		obj, status, apiErr = s.listActiveEntitlements(r.URL.Query())
 	default:
 		status, apiErr = http.StatusNotFound, &unrecognized
 	}
@@ -438,6 +454,12 @@ func route(path string) (resource, id string) {
 		return "invoice.list", ""
 	case "/v1/events":
 		return "event.list", ""
+	case "/v1/products":
+		return "product.list", ""
+	case "/v1/prices":
+		return "price.list", ""
+	case "/v1/entitlements/active_entitlements":
+		return "entitlements.active_entitlement.list", ""
 	}
 	for prefix, res := range map[string]string{
 		"/v1/checkout/sessions/": "checkout.session",
@@ -445,6 +467,8 @@ func route(path string) (resource, id string) {
 		"/v1/customers/":         "customer",
 		"/v1/invoices/":          "invoice",
 		"/v1/events/":            "event",
+		"/v1/products/":          "product",
+		"/v1/prices/":            "price",
 	} {
 		if rest, ok := strings.CutPrefix(path, prefix); ok && rest != "" && !strings.Contains(rest, "/") {
 			return res, rest
