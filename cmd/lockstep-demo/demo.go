@@ -223,7 +223,7 @@ func Play(ctx context.Context, o Options) ([]Verdict, error) {
 	}
 	d.out.plain("")
 	if equal == len(verdicts) {
-		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal: whatever the order, one customer, one subscription, each event applied once.", equal, len(verdicts)))
+		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal: whatever the order, one customer, one subscription, each event applied once; the success page and the paywall agree.", equal, len(verdicts)))
 	} else {
 		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal; NOT EQUAL: see the verdicts above.", equal, len(verdicts)))
 	}
@@ -239,7 +239,7 @@ func (d *demo) header() {
 	p.plain(fmt.Sprintf("  lockstep  %s (this process, development secrets)", d.baseURL))
 	p.plain(fmt.Sprintf("  stripe    %s (the built-in fake; nothing leaves this machine)", d.fake.URL))
 	p.plain(fmt.Sprintf("  locks     the stripe_customer_locks view, sampled every %s", sampleEvery))
-	p.plain(fmt.Sprintf("  catalog   product %s %q, price %s, stored as `lockstep sync` would (the fake serves no catalog)", demoProduct, demoPlanName, demoPrice))
+	p.plain(fmt.Sprintf("  catalog   plan %q (%s, %s), written here: the fake serves no catalog", demoPlanName, demoProduct, demoPrice))
 	p.plain("")
 	p.plain("To make the waits visible, the demo itself plays a slow writer: at the start of each scenario it")
 	p.plain(fmt.Sprintf("holds the customer's advisory lock for about %s in a side transaction (%q),", d.o.Hold, holderName))
