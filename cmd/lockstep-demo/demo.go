@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,6 +53,71 @@ type Verdict struct {
 	Reason string
 	// Landing is where the success call sent the user ("/dashboard").
 	Landing string
+	// SuccessAccess is the decision the success call answered with under
+	// "access", PaywallAccess the one GET /api/users/{id}/access gave
+	// afterwards (zero when not read).
+	SuccessAccess, PaywallAccess Decision
+}
+
+// Decision is the part of the paywall's decision the demo shows and
+// compares (billing.Access as its JSON reads).
+type Decision struct {
+	State        string     `json:"state"`
+	Access       bool       `json:"access"`
+	Until        *time.Time `json:"until"`
+	Subscription *string    `json:"subscription"`
+	Plan         *struct {
+		Name *string `json:"name"`
+	} `json:"plan"`
+	Action    string  `json:"action"`
+	ActionURL *string `json:"action_url"`
+}
+
+// differs names how b differs from a in what the two must agree on (state,
+// access, until, subscription); "" when they agree.
+func (a Decision) differs(b Decision) string {
+	var d []string
+	if a.State != b.State {
+		d = append(d, fmt.Sprintf("state %s vs %s", orNone(a.State), orNone(b.State)))
+	}
+	if a.Access != b.Access {
+		d = append(d, fmt.Sprintf("access %t vs %t", a.Access, b.Access))
+	}
+	if (a.Until == nil) != (b.Until == nil) || a.Until != nil && !a.Until.Equal(*b.Until) {
+		d = append(d, fmt.Sprintf("until %s vs %s", timeText(a.Until), timeText(b.Until)))
+	}
+	if strOr(a.Subscription, "") != strOr(b.Subscription, "") {
+		d = append(d, fmt.Sprintf("subscription %s vs %s", strOr(a.Subscription, "null"), strOr(b.Subscription, "null")))
+	}
+	return strings.Join(d, ", ")
+}
+
+// String is the decision on one aligned line.
+func (a Decision) String() string {
+	plan := "-"
+	if a.Plan != nil {
+		plan = strOr(a.Plan.Name, "-")
+	}
+	s := fmt.Sprintf("%-10s access %-5t until %-20s %-12s plan %-4s action %s",
+		orNone(a.State), a.Access, timeText(a.Until), strOr(a.Subscription, "-"), plan, orNone(a.Action))
+	if a.ActionURL != nil {
+		s += " (" + *a.ActionURL + ")"
+	}
+	return s
+}
+
+func timeText(t *time.Time) string {
+	if t == nil {
+		return "null"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func strOr(s *string, def string) string {
+	if s == nil {
+		return def
+	}
+	return *s
 }
 
 // demo is one run: lockstep, the fake Stripe, and what watches them.
@@ -108,6 +172,9 @@ func Play(ctx context.Context, o Options) ([]Verdict, error) {
 		return nil, err
 	}
 	defer d.pool.Close()
+	if err := d.putCatalog(ctx); err != nil {
+		return nil, err
+	}
 	log := logging.New(logOut, slog.LevelInfo)
 	srv := app.NewServer(cfg, d.pool, log)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
@@ -156,7 +223,7 @@ func Play(ctx context.Context, o Options) ([]Verdict, error) {
 	}
 	d.out.plain("")
 	if equal == len(verdicts) {
-		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal: whatever the order, one customer, one subscription, each event applied once.", equal, len(verdicts)))
+		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal: whatever the order, one customer, one subscription, each event applied once; the success page and the paywall agree.", equal, len(verdicts)))
 	} else {
 		d.out.plain(fmt.Sprintf("%d of %d scenarios ended equal; NOT EQUAL: see the verdicts above.", equal, len(verdicts)))
 	}
@@ -172,6 +239,7 @@ func (d *demo) header() {
 	p.plain(fmt.Sprintf("  lockstep  %s (this process, development secrets)", d.baseURL))
 	p.plain(fmt.Sprintf("  stripe    %s (the built-in fake; nothing leaves this machine)", d.fake.URL))
 	p.plain(fmt.Sprintf("  locks     the stripe_customer_locks view, sampled every %s", sampleEvery))
+	p.plain(fmt.Sprintf("  catalog   plan %q (%s, %s), written here: the fake serves no catalog", demoPlanName, demoProduct, demoPrice))
 	p.plain("")
 	p.plain("To make the waits visible, the demo itself plays a slow writer: at the start of each scenario it")
 	p.plain(fmt.Sprintf("holds the customer's advisory lock for about %s in a side transaction (%q),", d.o.Hold, holderName))
@@ -180,7 +248,34 @@ func (d *demo) header() {
 	p.plain("")
 	p.plain("Reading it: \"lock\" lines are waits seen in the view (pid, who, whose lock, behind whom); a webhook")
 	p.plain("answers processed (applied now) or duplicate (already applied: nothing changed); the success call")
-	p.plain("answers where the success page sends the user. Then the rows lockstep left, and a verdict.")
+	p.plain("answers where the success page sends the user and the paywall's decision. Then the rows lockstep")
+	p.plain("left, the decision the success call answered and the one GET /access reads afterwards (they must")
+	p.plain("agree: state, access, until, subscription), and a verdict.")
+}
+
+// The plan every scenario's user pays for.
+const (
+	demoProduct  = "prod_demo_pro"
+	demoPrice    = "price_demo_pro_monthly"
+	demoPlanName = "Pro"
+)
+
+// putCatalog stores the demo's plan as sync or the catalog's webhooks would,
+// so the decision can name it, with a Stripe time in the past so that any
+// real catalog event wins.
+func (d *demo) putCatalog(ctx context.Context) error {
+	_, err := d.pool.Exec(ctx, `
+WITH product AS (
+	INSERT INTO stripe_products (stripe_product_id, name, source_time, source)
+	VALUES ($1, $2, now() - interval '1 hour', 'demo') ON CONFLICT DO NOTHING)
+INSERT INTO stripe_prices (stripe_price_id, stripe_product_id, lookup_key, currency, unit_amount,
+	recurring_interval, recurring_interval_count, source_time, source)
+VALUES ($3, $1, 'pro_monthly', 'usd', 2000, 'month', 1, now() - interval '1 hour', 'demo') ON CONFLICT DO NOTHING`,
+		demoProduct, demoPlanName, demoPrice)
+	if err != nil {
+		return fmt.Errorf("store the demo's catalog: %w", err)
+	}
+	return nil
 }
 
 // scene is one scenario's customer, its objects in the fake, and its
@@ -202,6 +297,7 @@ type result struct {
 	code    int
 	outcome string // webhook: processed / duplicate / ...; success: the redirect
 	body    map[string]any
+	raw     []byte
 	err     error
 }
 
@@ -212,7 +308,7 @@ func (d *demo) newScene(key string) *scene {
 		customer:     "cus_demo_" + key,
 		sub:          "sub_demo_" + key,
 		session:      "cs_test_demo_" + key,
-		price:        "price_demo_pro_monthly",
+		price:        demoPrice,
 		sessionEvent: "evt_demo_" + key + "_session_completed",
 		subEvent:     "evt_demo_" + key + "_subscription_created",
 	}
@@ -257,8 +353,8 @@ func (d *demo) play(ctx context.Context, key, title string, body func(context.Co
 	problems := d.check(ctx, sc, &v)
 	if len(problems) == 0 {
 		v.Equal = true
-		d.out.fact("verdict", fmt.Sprintf("EQUAL: %s is %s's only customer, %s its only subscription; each event applied once; user on %s",
-			sc.customer, sc.user, sc.sub, v.Landing))
+		d.out.fact("verdict", fmt.Sprintf("EQUAL: %s is %s's only customer, %s its only subscription; each event applied once; user on %s; success page and paywall agree: %s",
+			sc.customer, sc.user, sc.sub, v.Landing, v.PaywallAccess.State))
 	} else {
 		v.Reason = strings.Join(problems, "; ")
 		d.out.fact("verdict", "NOT EQUAL: "+v.Reason)
@@ -314,7 +410,7 @@ func (d *demo) post(ctx context.Context, path string, body []byte, headers map[s
 	}
 	defer res.Body.Close()
 	raw, _ := io.ReadAll(res.Body)
-	r := result{code: res.StatusCode}
+	r := result{code: res.StatusCode, raw: raw}
 	_ = json.Unmarshal(raw, &r.body)
 	if res.StatusCode >= 300 {
 		r.err = fmt.Errorf("%d %s", res.StatusCode, strings.TrimSpace(string(raw)))
@@ -504,12 +600,17 @@ func (d *demo) check(ctx context.Context, sc *scene, v *Verdict) []string {
 	bad := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
 
 	outcomes := map[string]map[string]int{} // event type -> outcome -> count
+	var successAccess *Decision
 	for _, r := range sc.results {
 		switch {
 		case r.writer == "success":
 			v.Landing = r.outcome
 			if r.code != http.StatusOK || r.outcome != "/dashboard" {
 				bad("success call answered %d %q, want 200 /dashboard", r.code, r.outcome)
+			}
+			var body struct{ Access *Decision }
+			if json.Unmarshal(r.raw, &body) == nil {
+				successAccess = body.Access
 			}
 		case r.code != http.StatusOK:
 			bad("a %s delivery answered %d", r.event, r.code)
@@ -617,7 +718,7 @@ func (d *demo) check(ctx context.Context, sc *scene, v *Verdict) []string {
 	case code != http.StatusOK:
 		bad("paywall read answered %d, want 200", code)
 	default:
-		landing += fmt.Sprintf("; the paywall reads %s", bv.CustomerID)
+		landing += fmt.Sprintf("; GET /billing reads %s", bv.CustomerID)
 		for _, s := range bv.Subscriptions {
 			landing += fmt.Sprintf(", %s %s", s.ID, s.Status)
 		}
@@ -626,6 +727,36 @@ func (d *demo) check(ctx context.Context, sc *scene, v *Verdict) []string {
 		}
 	}
 	d.out.fact("lands", landing)
+
+	// The paywall's decision: what the success call answered under
+	// "access", and what GET /access answers afterwards. They must agree.
+	var pv Decision
+	code, err = d.get(ctx, "/api/users/"+sc.user+"/access", &pv)
+	switch {
+	case err != nil:
+		bad("access read: %v", err)
+	case code != http.StatusOK:
+		bad("access read answered %d, want 200", code)
+	}
+	if successAccess == nil {
+		d.out.fact("access", fmt.Sprintf("%-13s %s", "success call", "(no decision in its answer)"))
+		bad("the success call's answer carries no access decision")
+	} else {
+		v.SuccessAccess = *successAccess
+		d.out.fact("access", fmt.Sprintf("%-13s %s", "success call", successAccess))
+	}
+	if err == nil && code == http.StatusOK {
+		v.PaywallAccess = pv
+		d.out.fact("access", fmt.Sprintf("%-13s %s", "GET /access", pv))
+		if successAccess != nil {
+			if diff := successAccess.differs(pv); diff != "" {
+				bad("the success page and the paywall disagree: %s", diff)
+			}
+		}
+		if !pv.Access || pv.State != "active" || strOr(pv.Subscription, "") != sc.sub {
+			bad("the paywall decides %s with access %t on %s, want active with access on %s", orNone(pv.State), pv.Access, strOr(pv.Subscription, "null"), sc.sub)
+		}
+	}
 	return problems
 }
 
@@ -644,7 +775,7 @@ func (d *demo) get(ctx context.Context, path string, into any) (int, error) {
 		return res.StatusCode, nil
 	}
 	if err := json.NewDecoder(res.Body).Decode(into); err != nil {
-		return res.StatusCode, errors.New("paywall read: body is not the billing JSON")
+		return res.StatusCode, fmt.Errorf("GET %s: body is not the JSON it should be", path)
 	}
 	return res.StatusCode, nil
 }

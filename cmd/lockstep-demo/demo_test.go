@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -44,6 +45,9 @@ func TestDemoScenariosEndEqual(t *testing.T) {
 		"answers  checkout.session.completed    1 processed, 3 duplicate",
 		"answers  customer.subscription.created 1 processed, 3 duplicate",
 		"verdict  EQUAL: cus_demo_c is demo-user-c's only customer",
+		"success page and paywall agree: active",
+		"access   success call  active     access true  until ",
+		"access   GET /access   active     access true  until ",
 		"3 of 3 scenarios ended equal",
 	} {
 		if !strings.Contains(story, want) {
@@ -74,6 +78,26 @@ SELECT (SELECT count(*) FROM stripe_customers),
 	if customers != 3 || mapped != 3 || subs != 3 || activeSubs != 3 || events != 6 || processedOnce != 6 {
 		t.Errorf("rows: %d customers (%d mapped to their user), %d subscriptions (%d active, theirs), %d events (%d processed in one attempt); want 3, 3, 3, 3, 6, 6\n%s",
 			customers, mapped, subs, activeSubs, events, processedOnce, story)
+	}
+
+	// Where the user lands in paywall terms: the success call's decision and
+	// GET /access read afterwards agree, and both are what is stored.
+	for _, v := range verdicts {
+		var until time.Time
+		if err := db.Pool.QueryRow(ctx, `SELECT current_period_end FROM stripe_subscriptions WHERE stripe_subscription_id = $1`,
+			"sub_demo_"+v.Scenario).Scan(&until); err != nil {
+			t.Fatal(err)
+		}
+		for name, a := range map[string]Decision{"success call": v.SuccessAccess, "GET /access": v.PaywallAccess} {
+			if a.State != "active" || !a.Access || a.Until == nil || !a.Until.Equal(until) || strOr(a.Subscription, "") != "sub_demo_"+v.Scenario ||
+				a.Plan == nil || strOr(a.Plan.Name, "") != "Pro" || a.Action != "none" {
+				t.Errorf("scenario %s: %s decided %s; want active, access, until %s, sub_demo_%s, plan Pro, action none",
+					v.Scenario, name, a, until.UTC().Format(time.RFC3339), v.Scenario)
+			}
+		}
+		if diff := v.SuccessAccess.differs(v.PaywallAccess); diff != "" {
+			t.Errorf("scenario %s: the success call and GET /access disagree: %s", v.Scenario, diff)
+		}
 	}
 	if t.Failed() {
 		t.Logf("demo output:\n%s", story)
@@ -106,6 +130,41 @@ func TestDemoSaysWhenNotEqual(t *testing.T) {
 		t.Errorf("reason %q does not name the second subscription", verdicts[1].Reason)
 	}
 	if !strings.Contains(out.String(), "verdict  NOT EQUAL: stripe_subscriptions has") || !strings.Contains(out.String(), "2 of 3 scenarios ended equal") {
+		t.Errorf("output does not say NOT EQUAL:\n%s", out.String())
+	}
+}
+
+// When the paywall reads another decision than the success call answered
+// (here: the period end moved after the writers), the scenario ends NOT
+// EQUAL naming what differs, though its rows are otherwise right.
+func TestDemoSaysWhenSuccessAndPaywallDisagree(t *testing.T) {
+	db := dbtest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	verdicts, err := Play(ctx, Options{DatabaseURL: db.URL, Out: &out, Storm: 2, Hold: 100 * time.Millisecond,
+		afterScene: func(ctx context.Context, key string, pool *pgxpool.Pool) error {
+			if key != "a" {
+				return nil
+			}
+			_, err := pool.Exec(ctx, `UPDATE stripe_subscriptions SET current_period_end = current_period_end + interval '1 day'
+				WHERE stripe_subscription_id = 'sub_demo_a'`)
+			return err
+		}})
+	if err != nil {
+		t.Fatalf("Play: %v\n%s", err, out.String())
+	}
+	if len(verdicts) != 3 || verdicts[0].Equal || !verdicts[1].Equal || !verdicts[2].Equal {
+		t.Fatalf("verdicts %+v, want only a not equal\n%s", verdicts, out.String())
+	}
+	a := verdicts[0]
+	want := fmt.Sprintf("the success page and the paywall disagree: until %s vs %s", timeText(a.SuccessAccess.Until), timeText(a.PaywallAccess.Until))
+	if a.Reason != want || a.SuccessAccess.Until == nil || a.PaywallAccess.Until == nil ||
+		a.PaywallAccess.Until.Sub(*a.SuccessAccess.Until) != 24*time.Hour {
+		t.Errorf("reason %q, want %q with a day between", a.Reason, want)
+	}
+	if !strings.Contains(out.String(), "verdict  NOT EQUAL: the success page and the paywall disagree: until ") ||
+		!strings.Contains(out.String(), "2 of 3 scenarios ended equal") {
 		t.Errorf("output does not say NOT EQUAL:\n%s", out.String())
 	}
 }

@@ -5,8 +5,12 @@
 // webhooks right behind, the webhooks first with the success page behind,
 // and a duplicate storm, and prints what each writer did, who waited on
 // whose lock (the stripe_customer_locks view, sampled live), the rows that
-// are left and where the user lands. It exits 0 when every scenario ended
-// equal, 1 (with the reason) otherwise, 2 for a usage error.
+// are left and where the user lands: the success call's redirect and its
+// paywall decision ("access"), beside what GET /api/users/{id}/access reads
+// afterwards. A scenario ends equal only when the rows are right and the two
+// decisions agree (state, access, until, subscription). It exits 0 when
+// every scenario ended equal, 1 (with the reason) otherwise, 2 for a usage
+// error.
 //
 //	DATABASE_URL=postgres://... lockstep-demo [-storm N] [-hold D] [-v]
 //

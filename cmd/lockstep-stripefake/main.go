@@ -6,8 +6,8 @@
 //
 // It forwards the events the fake emits to lockstep's webhook endpoint,
 // signed with the webhook secret, as `stripe listen --forward-to` does, and
-// prints how to create a paid checkout in the fake and call the success
-// endpoint. With CMD, it runs CMD with STRIPE_API_BASE set to the fake and
+// prints how to create a paid checkout in the fake, call the success
+// endpoint and read the paywall's decision. With CMD, it runs CMD with STRIPE_API_BASE set to the fake and
 // STRIPE_SECRET_KEY to the development key, and stops when CMD exits;
 // without, it serves until interrupted. It is a command of its own so that
 // lockstep's binary links nothing of the fake.
@@ -101,9 +101,12 @@ Try the race by hand (in another terminal, once lockstep says "serving"):
   session=$(curl -s -u %[4]s: -d user_id=user_1 %[1]s/_fake/checkout/sessions | sed -n 's/.*"session_id": "\([^"]*\)".*/\1/p')
   # your success page's server tells lockstep, racing the webhooks
   curl -s -H 'Authorization: Bearer %[3]s' -d '{"session_id":"'$session'","user_id":"user_1"}' %[2]s/api/checkout/success
-  # the paywall's read
+  # the paywall's decision (access, state, until, plan, action): the same the success call answered
+  curl -s -H 'Authorization: Bearer %[3]s' %[2]s/api/users/user_1/access
+  # the stored rows behind it
   curl -s -H 'Authorization: Bearer %[3]s' %[2]s/api/users/user_1/billing
-  (add -d paid=false to the first call for a checkout still unpaid: the success call answers 202)
+  (add -d paid=false to the first call for a checkout still unpaid: the success call answers 202
+   /checkout/processing, no access yet)
 
 `, fake, lockstep, token, config.DevSecretKey)
 }

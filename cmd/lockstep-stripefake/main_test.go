@@ -26,7 +26,9 @@ import (
 // development mode on a database of the test's own: a checkout made in the
 // fake, its events forwarded signed with the development secret, and the
 // success call land the user on /dashboard with one customer and one
-// subscription, each event processed once.
+// subscription, each event processed once; the access read then gives the
+// decision the success call answered. A checkout still unpaid answers 202
+// with no access, and the access read agrees.
 func TestTryItAgainstTheFake(t *testing.T) {
 	db := dbtest.New(t)
 	fake := stripefake.New(t)
@@ -67,10 +69,27 @@ func TestTryItAgainstTheFake(t *testing.T) {
 	req, _ = http.NewRequest(http.MethodPost, srv.URL+"/api/checkout/success", bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+config.DevAppAPIToken)
 	var success struct {
-		Redirect string `json:"redirect"`
+		Redirect string   `json:"redirect"`
+		Access   decision `json:"access"`
 	}
 	if code := doJSON(t, req, &success); code != http.StatusOK || success.Redirect != "/dashboard" {
 		t.Fatalf("success call: %d %+v, want 200 /dashboard", code, success)
+	}
+	if a := success.Access; a.State != "active" || !a.Access || a.Until == nil || a.Subscription == nil || *a.Subscription != made.Subscription || a.Action != "none" {
+		t.Errorf("success call's access %+v, want active with access on %s, action none", a, made.Subscription)
+	}
+	// curl -H 'Authorization: Bearer TOKEN' LOCKSTEP/api/users/user_1/access
+	access := func() decision {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/users/user_1/access", nil)
+		req.Header.Set("Authorization", "Bearer "+config.DevAppAPIToken)
+		var a decision
+		if code := doJSON(t, req, &a); code != http.StatusOK {
+			t.Fatalf("access read: %d %+v", code, a)
+		}
+		return a
+	}
+	if a := access(); !a.sameAs(success.Access) {
+		t.Errorf("access read %+v, the success call answered %+v: they disagree", a, success.Access)
 	}
 
 	count := func(q string, args ...any) int {
@@ -93,6 +112,47 @@ func TestTryItAgainstTheFake(t *testing.T) {
 	if n := count(`SELECT count(*) FROM stripe_events`); n != 2 {
 		t.Errorf("%d events in the ledger, want 2", n)
 	}
+
+	// -d paid=false: a checkout whose payment is still processing.
+	req, _ = http.NewRequest(http.MethodPost, fake.URL+"/_fake/checkout/sessions", strings.NewReader(url.Values{"user_id": {"user_2"}, "paid": {"false"}}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth(config.DevSecretKey, "")
+	if code := doJSON(t, req, &made); code != http.StatusOK || made.SessionID == "" {
+		t.Fatalf("create unpaid checkout: %d %+v", code, made)
+	}
+	body, _ = json.Marshal(map[string]string{"session_id": made.SessionID, "user_id": "user_2"})
+	req, _ = http.NewRequest(http.MethodPost, srv.URL+"/api/checkout/success", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+config.DevAppAPIToken)
+	success.Access = decision{}
+	if code := doJSON(t, req, &success); code != http.StatusAccepted || success.Redirect != "/checkout/processing" {
+		t.Fatalf("success call, unpaid: %d %+v, want 202 /checkout/processing", code, success)
+	}
+	if a := success.Access; a.State == "" || a.Access || a.Action == "" || a.Action == "none" {
+		t.Errorf("unpaid checkout's access %+v, want no access and a next step", a)
+	}
+	req, _ = http.NewRequest(http.MethodGet, srv.URL+"/api/users/user_2/access", nil)
+	req.Header.Set("Authorization", "Bearer "+config.DevAppAPIToken)
+	var a decision
+	if code := doJSON(t, req, &a); code != http.StatusOK || !a.sameAs(success.Access) {
+		t.Errorf("access read of user_2: %d %+v, the success call answered %+v", code, a, success.Access)
+	}
+}
+
+// decision is what the try-it lines show of the paywall's decision.
+type decision struct {
+	State        string     `json:"state"`
+	Access       bool       `json:"access"`
+	Until        *time.Time `json:"until"`
+	Subscription *string    `json:"subscription"`
+	Action       string     `json:"action"`
+}
+
+// sameAs reports whether a and b agree on state, access, until and
+// subscription.
+func (a decision) sameAs(b decision) bool {
+	return a.State == b.State && a.Access == b.Access &&
+		(a.Until == nil) == (b.Until == nil) && (a.Until == nil || a.Until.Equal(*b.Until)) &&
+		(a.Subscription == nil) == (b.Subscription == nil) && (a.Subscription == nil || *a.Subscription == *b.Subscription)
 }
 
 func doJSON(t *testing.T, req *http.Request, into any) int {
@@ -120,7 +180,8 @@ func TestRunsCommandAgainstTheFake(t *testing.T) {
 	if code != 7 {
 		t.Errorf("exit %d, want the command's 7 (it checks STRIPE_API_BASE and STRIPE_SECRET_KEY)", code)
 	}
-	for _, want := range []string{"fake Stripe API on http://127.0.0.1:", "/_fake/checkout/sessions", "http://127.0.0.1:18999/api/checkout/success", "Bearer " + config.DevAppAPIToken} {
+	for _, want := range []string{"fake Stripe API on http://127.0.0.1:", "/_fake/checkout/sessions", "http://127.0.0.1:18999/api/checkout/success",
+		"http://127.0.0.1:18999/api/users/user_1/access", "Bearer " + config.DevAppAPIToken} {
 		if !strings.Contains(stderr.String(), want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
 		}
