@@ -47,17 +47,19 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 			return nil, ErrSessionOtherUser
 		}
 	}
-	res := &CheckoutResult{SessionID: sess.ID, CustomerID: sess.CustomerID}
+	res := &CheckoutResult{SessionID: sess.ID, CustomerID: sess.CustomerID, Paid: sess.Paid()}
 	switch {
 	case sess.Status == "expired":
 		return nil, ErrSessionExpired
-	case !sess.Paid():
-		return res, nil
-	}
-	res.Paid = true
-	if sess.CustomerID == "" {
+	case sess.Status != "complete":
+		return res, nil // nothing is Stripe's yet: the customer has not finished
+	case sess.CustomerID == "":
 		return res, nil // a one-off payment that created no customer: nothing to keep
 	}
+	// A complete session is stored whether paid or not: with a payment still
+	// processing (a bank debit, 3-D Secure) the subscription Stripe made is
+	// incomplete, and the paywall's answer must say "confirm the payment",
+	// not "subscribe". The webhook stores the same session the same way.
 	sub := sess.Subscription
 	if sub != nil && sub.CustomerID != sess.CustomerID {
 		sub = nil // never write across customers under one lock

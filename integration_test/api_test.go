@@ -79,6 +79,16 @@ func TestCheckoutSuccessAnswers(t *testing.T) {
 		if r.code != http.StatusAccepted || r.json(t)["redirect"] != "/checkout/processing" {
 			t.Fatalf("%d %s, want 202 to /checkout/processing", r.code, r.body)
 		}
+		// The user is not told to subscribe: the session's customer and
+		// subscription are stored, and the paywall answers what Stripe says
+		// of the subscription, the same on the success page as after it.
+		if n := b.count(`SELECT count(*) FROM stripe_customers WHERE stripe_customer_id = $1 AND user_id = $2`, fx.customer, fx.user); n != 1 {
+			t.Fatalf("processing checkout: %d mapped customers, want 1", n)
+		}
+		access, _ := r.json(t)["access"].(map[string]any)
+		if access == nil || access["state"] == "none" || access["action"] == "subscribe" {
+			t.Fatalf("processing checkout's access = %v, want the subscription's state, not none/subscribe", access)
+		}
 		// The async payment succeeds: the webhook maps, the next call is 200.
 		s.PaymentStatus = "paid"
 		b.stripe.PutSession(s)
