@@ -105,8 +105,8 @@ Try the race by hand (in another terminal, once lockstep says "serving"):
   curl -s -H 'Authorization: Bearer %[3]s' %[2]s/api/users/user_1/access
   # the stored rows behind it
   curl -s -H 'Authorization: Bearer %[3]s' %[2]s/api/users/user_1/billing
-  (add -d paid=false to the first call for a checkout still unpaid: the success call answers 202
-   /checkout/processing, no access yet)
+  (add -d paid=false to the first call for a checkout whose payment is still processing: the
+   success call answers 202 /checkout/processing, and access says incomplete, confirm_payment)
 
 `, fake, lockstep, token, config.DevSecretKey)
 }

@@ -127,8 +127,8 @@ func TestTryItAgainstTheFake(t *testing.T) {
 	if code := doJSON(t, req, &success); code != http.StatusAccepted || success.Redirect != "/checkout/processing" {
 		t.Fatalf("success call, unpaid: %d %+v, want 202 /checkout/processing", code, success)
 	}
-	if a := success.Access; a.State == "" || a.Access || a.Action == "" || a.Action == "none" {
-		t.Errorf("unpaid checkout's access %+v, want no access and a next step", a)
+	if a := success.Access; a.State != "incomplete" || a.Access || a.Action != "confirm_payment" {
+		t.Errorf("unpaid checkout's access %+v, want incomplete, no access, confirm_payment", a)
 	}
 	req, _ = http.NewRequest(http.MethodGet, srv.URL+"/api/users/user_2/access", nil)
 	req.Header.Set("Authorization", "Bearer "+config.DevAppAPIToken)

@@ -16,9 +16,10 @@ import (
 //
 // creates a customer, a subscription and a checkout session for USER
 // (client_reference_id), as a finished Stripe Checkout leaves them: complete,
-// paid and the subscription active; with paid=false, the session is still
-// open and unpaid (the success call answers 202) and the subscription
-// incomplete. A paid checkout also emits checkout.session.completed and
+// paid and the subscription active; with paid=false, the session is
+// complete but its payment still processing (the success call answers 202),
+// the subscription incomplete and its first invoice open (an
+// invoice.payment_action_required event too). A paid checkout also emits checkout.session.completed and
 // customer.subscription.created to the Events API, where a forwarder (or
 // lockstep's sweeper) finds them. It answers 200 with the ids:
 //
@@ -67,18 +68,26 @@ func (s *Server) fakeCheckout(user string, paid bool) map[string]any {
 	sub := Subscription{ID: NewID("sub_"), Customer: c.ID, Status: "active", PriceID: "price_dev_pro_monthly", Created: created}
 	sess := Session{ID: NewID("cs_test_"), Customer: c.ID, Subscription: sub.ID, ClientReferenceID: user,
 		Status: "complete", PaymentStatus: "paid", Mode: "subscription", Created: created}
+	var inv Invoice
 	if !paid {
-		sub.Status = "incomplete"
-		sess.Status, sess.PaymentStatus = "open", "unpaid"
+		// The customer finished the checkout, but the first payment still
+		// waits for them (3-D Secure) or their bank: the subscription is
+		// incomplete and its first invoice open, payable on its hosted page.
+		inv = s.putInvoiceLocked(Invoice{ID: NewID("in_"), Customer: c.ID, Subscription: sub.ID,
+			Status: "open", Currency: "usd", AmountDue: 2000, Created: created})
+		sub.Status, sub.LatestInvoice = "incomplete", inv.ID
+		sess.PaymentStatus = "unpaid"
 	}
 	sub = s.putSubscriptionLocked(sub)
 	s.sessions[sess.ID] = sess
 	clear(s.rendered)
 	events := []string{}
-	if paid {
-		id, _ := s.emitLocked("checkout.session.completed", SessionJSON(sess, nil, s.eventVersionLocked()), created)
-		events = append(events, id)
-		id, _ = s.emitLocked("customer.subscription.created", SubscriptionJSON(sub, s.eventVersionLocked()), created)
+	id, _ := s.emitLocked("checkout.session.completed", SessionJSON(sess, nil, s.eventVersionLocked()), created)
+	events = append(events, id)
+	id, _ = s.emitLocked("customer.subscription.created", SubscriptionJSON(sub, s.eventVersionLocked()), created)
+	events = append(events, id)
+	if !paid {
+		id, _ = s.emitLocked("invoice.payment_action_required", InvoiceJSON(inv, s.eventVersionLocked()), created)
 		events = append(events, id)
 	}
 	return map[string]any{"session_id": sess.ID, "customer": c.ID, "subscription": sub.ID,

@@ -68,8 +68,9 @@ func TestFakeCheckoutPaid(t *testing.T) {
 	}
 }
 
-// paid=false leaves an open, unpaid session, an incomplete subscription and
-// no events.
+// paid=false leaves a complete session whose payment is still processing,
+// an incomplete subscription whose latest invoice is open, and the events
+// of that.
 func TestFakeCheckoutUnpaid(t *testing.T) {
 	t.Parallel()
 	s := New(t)
@@ -78,14 +79,18 @@ func TestFakeCheckoutUnpaid(t *testing.T) {
 		t.Fatalf("create: %d %v", code, m)
 	}
 	sess := getJSON(t, s, "/v1/checkout/sessions/"+m["session_id"].(string), "")
-	if sess["status"] != "open" || sess["payment_status"] != "unpaid" {
+	if sess["status"] != "complete" || sess["payment_status"] != "unpaid" {
 		t.Errorf("session = %v", sess)
 	}
-	if sub := getJSON(t, s, "/v1/subscriptions/"+m["subscription"].(string), ""); sub["status"] != "incomplete" {
-		t.Errorf("subscription status = %v", sub["status"])
+	sub := getJSON(t, s, "/v1/subscriptions/"+m["subscription"].(string), "")
+	if sub["status"] != "incomplete" || sub["latest_invoice"] == nil {
+		t.Errorf("subscription status = %v, latest_invoice %v", sub["status"], sub["latest_invoice"])
 	}
-	if n := len(getJSON(t, s, "/v1/events", "")["data"].([]any)); n != 0 {
-		t.Errorf("%d events, want none", n)
+	if inv := getJSON(t, s, "/v1/invoices/"+sub["latest_invoice"].(string), ""); inv["status"] != "open" || inv["hosted_invoice_url"] == nil {
+		t.Errorf("latest invoice = %v", inv)
+	}
+	if n := len(getJSON(t, s, "/v1/events", "")["data"].([]any)); n != 3 {
+		t.Errorf("%d events, want 3 (session completed, subscription created, payment action required)", n)
 	}
 }
 
