@@ -239,7 +239,7 @@ func (d *demo) header() {
 	p.plain(fmt.Sprintf("  lockstep  %s (this process, development secrets)", d.baseURL))
 	p.plain(fmt.Sprintf("  stripe    %s (the built-in fake; nothing leaves this machine)", d.fake.URL))
 	p.plain(fmt.Sprintf("  locks     the stripe_customer_locks view, sampled every %s", sampleEvery))
-	p.plain(fmt.Sprintf("  catalog   plan %q (%s, %s), written here: the fake serves no catalog", demoPlanName, demoProduct, demoPrice))
+	p.plain(fmt.Sprintf("  catalog   plan %q (%s, %s) in the fake only: lockstep reads it from Stripe when a subscription names it", demoPlanName, demoProduct, demoPrice))
 	p.plain("")
 	p.plain("To make the waits visible, the demo itself plays a slow writer: at the start of each scenario it")
 	p.plain(fmt.Sprintf("holds the customer's advisory lock for about %s in a side transaction (%q),", d.o.Hold, holderName))
@@ -260,21 +260,14 @@ const (
 	demoPlanName = "Pro"
 )
 
-// putCatalog stores the demo's plan as sync or the catalog's webhooks would,
-// so the decision can name it, with a Stripe time in the past so that any
-// real catalog event wins.
-func (d *demo) putCatalog(ctx context.Context) error {
-	_, err := d.pool.Exec(ctx, `
-WITH product AS (
-	INSERT INTO stripe_products (stripe_product_id, name, source_time, source)
-	VALUES ($1, $2, now() - interval '1 hour', 'demo') ON CONFLICT DO NOTHING)
-INSERT INTO stripe_prices (stripe_price_id, stripe_product_id, lookup_key, currency, unit_amount,
-	recurring_interval, recurring_interval_count, source_time, source)
-VALUES ($3, $1, 'pro_monthly', 'usd', 2000, 'month', 1, now() - interval '1 hour', 'demo') ON CONFLICT DO NOTHING`,
-		demoProduct, demoPlanName, demoPrice)
-	if err != nil {
-		return fmt.Errorf("store the demo's catalog: %w", err)
-	}
+// putCatalog puts the demo's plan in the fake Stripe only: lockstep has
+// never seen it, so the first writer that stores a subscription on it reads
+// the price and product from Stripe after its commit, outside the lock, as
+// it does for a plan created before it was deployed.
+func (d *demo) putCatalog(context.Context) error {
+	d.fake.PutProduct(stripefake.Product{ID: demoProduct, Name: demoPlanName})
+	d.fake.PutPrice(stripefake.Price{ID: demoPrice, Product: demoProduct, LookupKey: "pro_monthly",
+		Currency: "usd", UnitAmount: 2000, Interval: "month"})
 	return nil
 }
 
