@@ -327,10 +327,12 @@ func (c *Config) String() string {
 	for i, s := range c.WebhookSecrets {
 		secrets[i] = Redact(s)
 	}
-	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s metrics_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
+	// metrics_token comes last: unset, it prints as nothing, and the log's
+	// masking (redact.String) would take the next word for its value.
+	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s metrics_token=%s",
 		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
-		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), maskToken(c.MetricsToken), c.LockTimeout, c.RetryBudget,
-		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
+		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
+		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention, maskToken(c.MetricsToken))
 }
 
 func maskToken(t string) string {
