@@ -87,9 +87,10 @@ func runDoctor(ctx context.Context, getenv func(string) string, client *http.Cli
 		add("config", checkWarn, "LOCKSTEP_ENV=development fills %s with development values: never in production",
 			strings.Join(cfg.DevDefaults, ", "))
 	default:
+		locks := lockConfig(cfg)
 		add("config", checkOK, "database %s, %d webhook secret(s), Stripe key %s, lock_timeout %s, retry_budget %s",
 			config.RedactURL(cfg.DatabaseURL), len(cfg.WebhookSecrets), config.Redact(cfg.StripeSecretKey),
-			cfg.LockTimeout, cfg.RetryBudget)
+			locks.LockTimeout, locks.RetryBudget)
 	}
 	dbCfg, stripeCfg := cfg, cfg
 	if cfg == nil {

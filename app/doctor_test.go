@@ -103,6 +103,8 @@ func TestDoctorHealthy(t *testing.T) {
 	wantStatus(t, lines, "stripe", "ok", "sk_test_**** (test mode)")
 	wantStatus(t, lines, "stripe", "ok", "HTTP 404 invalid_request_error resource_missing")
 	wantStatus(t, lines, "schema", "ok", "current, not dirty")
+	// Unset, the lock settings are lockmgr's defaults, printed as such.
+	wantStatus(t, lines, "config", "ok", "lock_timeout 1.5s, retry_budget 4s")
 	t.Logf("\n%s", out)
 }
 

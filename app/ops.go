@@ -73,9 +73,15 @@ func parseFlags(fs *commandFlags, args []string) error {
 }
 
 // lockManager is the lock manager serve and every command write through,
-// with cfg's timeouts (lockmgr's defaults where a Config built by hand, in
-// tests, leaves them zero).
+// with cfg's timeouts (see lockConfig).
 func lockManager(cfg *config.Config, pool *pgxpool.Pool, obs lockmgr.Observer, log *slog.Logger) *lockmgr.Manager {
+	return lockmgr.New(pool, lockConfig(cfg), obs, log)
+}
+
+// lockConfig is lockmgr's configuration with cfg's LOCK_TIMEOUT and
+// RETRY_BUDGET. Zero (unset, or a Config built by hand in tests) keeps
+// lockmgr's default: config does not know it, so that config stays a leaf.
+func lockConfig(cfg *config.Config) lockmgr.Config {
 	lcfg := lockmgr.DefaultConfig()
 	if cfg.LockTimeout > 0 {
 		lcfg.LockTimeout = cfg.LockTimeout
@@ -83,7 +89,16 @@ func lockManager(cfg *config.Config, pool *pgxpool.Pool, obs lockmgr.Observer, l
 	if cfg.RetryBudget > 0 {
 		lcfg.RetryBudget = cfg.RetryBudget
 	}
-	return lockmgr.New(pool, lcfg, obs, log)
+	return lcfg
+}
+
+// effective is cfg as lockstep runs with it, for printing: the lock
+// timeout and retry budget it leaves to lockmgr's defaults filled in.
+func effective(cfg *config.Config) *config.Config {
+	c := *cfg
+	lcfg := lockConfig(cfg)
+	c.LockTimeout, c.RetryBudget = lcfg.LockTimeout, lcfg.RetryBudget
+	return &c
 }
 
 const locksUsage = `usage: lockstep locks [--json]

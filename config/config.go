@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/lockstep/lockstep/lockmgr"
 )
 
 // Config is lockstep's whole configuration.
@@ -26,8 +24,8 @@ type Config struct {
 	AdminToken         string
 	MetricsToken       string // optional: when set, /metrics requires it as a bearer token
 	Development        bool
-	LockTimeout        time.Duration
-	RetryBudget        time.Duration
+	LockTimeout        time.Duration // 0 (unset): lockmgr's default, applied where the lock manager is built
+	RetryBudget        time.Duration // 0 (unset): lockmgr's default, likewise
 	MaxConns           int32
 	ShutdownTimeout    time.Duration
 	StripeDeadline     time.Duration // Stripe time per HTTP request; 0: app.StripeDeadline (tests shorten it; no variable)
@@ -101,11 +99,10 @@ func Load(getenv func(string) string, needs Needs) (*Config, error) {
 		add("LOCKSTEP_ENV", fmt.Sprintf("must be production or development, got %q", env))
 	}
 	var err error
-	locks := lockmgr.DefaultConfig() // the defaults are lockmgr's
-	if c.LockTimeout, err = duration(getenv, "LOCK_TIMEOUT", locks.LockTimeout); err != nil {
+	if c.LockTimeout, err = duration(getenv, "LOCK_TIMEOUT", 0); err != nil {
 		errs = append(errs, err)
 	}
-	if c.RetryBudget, err = duration(getenv, "RETRY_BUDGET", locks.RetryBudget); err != nil {
+	if c.RetryBudget, err = duration(getenv, "RETRY_BUDGET", 0); err != nil {
 		errs = append(errs, err)
 	}
 	if c.ShutdownTimeout, err = duration(getenv, "SHUTDOWN_TIMEOUT", 15*time.Second); err != nil {
@@ -321,7 +318,8 @@ func (c *Config) MigrateURL() string {
 	return c.DatabaseURL
 }
 
-// String prints the configuration with every secret masked.
+// String prints the configuration with every secret masked. Values left to
+// another package's default print as 0s (serve prints its effective ones).
 func (c *Config) String() string {
 	secrets := make([]string, len(c.WebhookSecrets))
 	for i, s := range c.WebhookSecrets {
