@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"strings"
 	"testing"
@@ -89,4 +90,45 @@ func closingListener(t *testing.T) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// parseArgs takes flags and up to most other arguments in any order; one
+// more is a usage error naming it.
+func TestParseArgs(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		most int
+		want string // the other arguments, or the error
+		on   bool   // --on after parsing
+	}{
+		{nil, 0, "", false},
+		{[]string{"--on"}, 0, "", true},
+		{[]string{"a"}, 0, `x: unexpected argument "a"`, false},
+		{[]string{"--on", "a"}, 0, `x: unexpected argument "a"`, true},
+		{[]string{"--", "a"}, 0, `x: unexpected argument "a"`, false},
+		{[]string{"a"}, 1, "a", false},
+		{[]string{"a", "--on"}, 1, "a", true},
+		{[]string{"--on", "a"}, 1, "a", true},
+		{[]string{"a", "b"}, 1, `x: unexpected argument "b"`, false},
+		{[]string{"a", "--on", "b"}, 2, "a b", true},
+		{[]string{"--", "--on"}, 1, "--on", false},
+		{[]string{"--off"}, 1, "x: flag provided but not defined: -off", false},
+	} {
+		fs := newFlags("x", "usage: x\n", Env{Stdout: &bytes.Buffer{}})
+		on := fs.Bool("on", false, "")
+		rest, err := parseArgs(fs, tc.args, tc.most)
+		got := strings.Join(rest, " ")
+		if err != nil {
+			var ue *UsageError
+			if !errors.As(err, &ue) {
+				t.Errorf("%q: %v is not a usage error", tc.args, err)
+				continue
+			}
+			got = ue.Msg
+		}
+		if got != tc.want || *on != tc.on {
+			t.Errorf("parseArgs(%q, %d) = %q, --on %v; want %q, --on %v", tc.args, tc.most, got, *on, tc.want, tc.on)
+		}
+	}
 }
