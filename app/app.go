@@ -319,7 +319,7 @@ func serve(ctx context.Context, env Env, log *slog.Logger) error {
 		}
 		fmt.Fprintf(env.Stderr, "  (stripe listen prints its own whsec_; put it in STRIPE_WEBHOOK_SECRET to use it)\n")
 	}
-	log.Info("starting", slog.String("config", cfg.String()))
+	log.Info("starting", slog.String("config", effective(cfg).String()))
 	if cfg.MetricsToken != "" {
 		log.Info("/metrics requires METRICS_TOKEN as a bearer token")
 	} else {

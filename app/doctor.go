@@ -2,10 +2,8 @@ package app
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"github.com/lockstep/lockstep/config"
 	"github.com/lockstep/lockstep/lockmgr"
 	schema "github.com/lockstep/lockstep/sql"
+	"github.com/lockstep/lockstep/stripeapi"
 )
 
 const doctorUsage = `usage: lockstep doctor
@@ -47,17 +46,10 @@ const doctorTimeout = 5 * time.Second
 const doctorProbeCustomer = "cus_doctor_probe"
 
 func doctorCmd(ctx context.Context, args []string, env Env) error {
-	for _, a := range args {
-		if a == "-h" || a == "--help" || a == "-help" {
-			_, _ = io.WriteString(env.Stdout, doctorUsage)
-			return nil
-		}
-		if strings.HasPrefix(a, "-") {
-			return &UsageError{Msg: fmt.Sprintf("doctor: unknown flag %q", a)}
-		}
-		return &UsageError{Msg: fmt.Sprintf("doctor takes no arguments, got %q", a)}
+	if err := parseFlags(newFlags("doctor", doctorUsage, env), args); err != nil {
+		return err
 	}
-	checks := runDoctor(ctx, env.Getenv, &http.Client{Timeout: 10 * time.Second})
+	checks := runDoctor(ctx, env.Getenv)
 	failed := 0
 	for _, c := range checks {
 		fmt.Fprintf(env.Stdout, "%-4s  %-9s  %s\n", c.Status, c.Name, c.Detail)
@@ -73,7 +65,7 @@ func doctorCmd(ctx context.Context, args []string, env Env) error {
 
 // runDoctor runs every check in order. A check that depends on one that
 // failed says so and fails too.
-func runDoctor(ctx context.Context, getenv func(string) string, client *http.Client) []check {
+func runDoctor(ctx context.Context, getenv func(string) string) []check {
 	var out []check
 	add := func(name, status, format string, a ...any) {
 		out = append(out, check{Name: name, Status: status, Detail: fmt.Sprintf(format, a...)})
@@ -87,9 +79,10 @@ func runDoctor(ctx context.Context, getenv func(string) string, client *http.Cli
 		add("config", checkWarn, "LOCKSTEP_ENV=development fills %s with development values: never in production",
 			strings.Join(cfg.DevDefaults, ", "))
 	default:
+		locks := lockConfig(cfg)
 		add("config", checkOK, "database %s, %d webhook secret(s), Stripe key %s, lock_timeout %s, retry_budget %s",
 			config.RedactURL(cfg.DatabaseURL), len(cfg.WebhookSecrets), config.Redact(cfg.StripeSecretKey),
-			cfg.LockTimeout, cfg.RetryBudget)
+			locks.LockTimeout, locks.RetryBudget)
 	}
 	dbCfg, stripeCfg := cfg, cfg
 	if cfg == nil {
@@ -111,7 +104,7 @@ func runDoctor(ctx context.Context, getenv func(string) string, client *http.Cli
 	case stripeCfg.Development && stripeCfg.StripeSecretKey == config.DevSecretKey:
 		add("stripe", checkWarn, "not checked: STRIPE_SECRET_KEY is the development placeholder")
 	default:
-		out = append(out, stripeCheck(ctx, client, stripeCfg.StripeAPIBase, stripeCfg.StripeSecretKey))
+		out = append(out, stripeCheck(ctx, stripeCfg.StripeAPIBase, stripeCfg.StripeSecretKey))
 	}
 	return out
 }
@@ -185,16 +178,16 @@ func serverCheck(ctx context.Context, conn *pgx.Conn) check {
 	return check{"database", checkOK, detail}
 }
 
+// schemaCheck reads the version through schemaState, as every command's
+// checkSchema does, and says in more words what to do.
 func schemaCheck(ctx context.Context, conn *pgx.Conn) check {
-	var version int64
-	var dirty bool
-	err := conn.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	version, dirty, found, err := schemaState(ctx, conn)
 	latest := int64(schema.Latest)
 	switch {
-	case lockmgr.SQLState(err) == "42P01" || errors.Is(err, pgx.ErrNoRows):
-		return check{"schema", checkFail, fmt.Sprintf("never migrated: run lockstep migrate up (serve migrates at start) to reach version %d", latest)}
 	case err != nil:
 		return check{"schema", checkFail, "cannot read schema_migrations: " + oneLine(err)}
+	case !found:
+		return check{"schema", checkFail, fmt.Sprintf("never migrated: run lockstep migrate up (serve migrates at start) to reach version %d", latest)}
 	case dirty:
 		return check{"schema", checkFail, fmt.Sprintf("version %d is dirty: migration %d failed part-way; repair the schema by hand, then clear the flag (UPDATE schema_migrations SET dirty = false, version = <last good>) and migrate up", version, version)}
 	case version < latest:
@@ -315,10 +308,12 @@ func ageString(d time.Duration) string {
 	return d.String()
 }
 
-// stripeCheck asks Stripe for a customer that does not exist: 404
-// resource_missing means the key was accepted. The key is sent as a Bearer
-// token and never printed; neither is Stripe's message, which may quote it.
-func stripeCheck(ctx context.Context, client *http.Client, base, key string) check {
+// stripeCheck asks Stripe, through the client serve uses, for a customer
+// that does not exist: not found (404 resource_missing) means the key was
+// accepted. The client's errors carry Stripe's status, type, code and
+// request id, never its message (which may quote the key), and tell a
+// rejected key (401) from a missing permission (403) and a rate limit (429).
+func stripeCheck(ctx context.Context, base, key string) check {
 	ctx, cancel := context.WithTimeout(ctx, 2*doctorTimeout)
 	defer cancel()
 	mode := "test mode"
@@ -326,46 +321,45 @@ func stripeCheck(ctx context.Context, client *http.Client, base, key string) che
 		mode = "live mode"
 	}
 	who := fmt.Sprintf("key %s (%s) at %s", config.Redact(key), mode, base)
-	url := strings.TrimRight(base, "/") + "/v1/customers/" + doctorProbeCustomer
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return check{"stripe", checkFail, "STRIPE_API_BASE: " + oneLine(err)}
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	res, err := client.Do(req)
-	if err != nil {
-		return check{"stripe", checkFail, fmt.Sprintf("cannot reach %s: %s", base, redactKey(oneLine(err), key))}
-	}
-	defer res.Body.Close()
-	var body struct {
-		Error struct {
-			Type string `json:"type"`
-			Code string `json:"code"`
-		} `json:"error"`
-	}
-	_ = json.NewDecoder(io.LimitReader(res.Body, 64<<10)).Decode(&body)
-	answer := fmt.Sprintf("HTTP %d", res.StatusCode)
-	if body.Error.Type != "" {
-		answer += " " + body.Error.Type
-	}
-	if body.Error.Code != "" {
-		answer += " " + body.Error.Code
-	}
-	if id := res.Header.Get("Request-Id"); id != "" {
-		answer += ", request " + id
-	}
+	// A 429 is reported, not waited out: doctor is run by hand, again.
+	api := stripeapi.NewClient(base, key, stripeapi.Options{Timeout: doctorTimeout, RateLimitWait: time.Nanosecond})
+	_, _, err := api.Customer(ctx, doctorProbeCustomer)
+	var apiErr *stripeapi.APIError
+	isAPI := errors.As(err, &apiErr)
 	switch {
-	case res.StatusCode == http.StatusNotFound && body.Error.Code == "resource_missing",
-		res.StatusCode == http.StatusOK:
-		return check{"stripe", checkOK, who + " accepted (a read of customer " + doctorProbeCustomer + ": " + answer + ")"}
-	case res.StatusCode == http.StatusUnauthorized:
-		return check{"stripe", checkFail, who + " rejected: " + answer + "; check STRIPE_SECRET_KEY"}
-	case res.StatusCode == http.StatusForbidden:
-		return check{"stripe", checkFail, who + " may not read customers: " + answer + "; a restricted key needs read access to Checkout Sessions, Customers, Subscriptions and Invoices"}
-	case res.StatusCode == http.StatusTooManyRequests:
-		return check{"stripe", checkWarn, who + ": rate limited (" + answer + "); run doctor again"}
+	case err == nil:
+		return check{"stripe", checkOK, who + " accepted (a read of customer " + doctorProbeCustomer + ": found)"}
+	case errors.Is(err, stripeapi.ErrNotFound):
+		return check{"stripe", checkOK, who + " accepted (a read of customer " + doctorProbeCustomer + ": not found, as expected)"}
+	case errors.Is(err, stripeapi.ErrUnauthorized):
+		return check{"stripe", checkFail, who + " rejected: " + answer(apiErr) + "; check STRIPE_SECRET_KEY"}
+	case errors.Is(err, stripeapi.ErrForbidden):
+		return check{"stripe", checkFail, who + " may not read customers: " + answer(apiErr) + "; a restricted key needs read access to Checkout Sessions, Customers, Subscriptions and Invoices"}
+	case isAPI && apiErr.Status == http.StatusTooManyRequests:
+		return check{"stripe", checkWarn, who + ": rate limited (" + answer(apiErr) + "); run doctor again"}
+	case isAPI:
+		return check{"stripe", checkFail, fmt.Sprintf("%s: unexpected answer %s (is STRIPE_API_BASE Stripe's API?)", who, answer(apiErr))}
 	}
-	return check{"stripe", checkFail, fmt.Sprintf("%s: unexpected answer %s (is STRIPE_API_BASE Stripe's API?)", who, answer)}
+	// No answer, or none Stripe's client could read.
+	return check{"stripe", checkFail, fmt.Sprintf("%s: %s (is STRIPE_API_BASE Stripe's API, and reachable from here?)", who, redactKey(oneLine(err), key))}
+}
+
+// answer is what Stripe answered, in doctor's words: status, type, code
+// and request id (nil: none).
+func answer(e *stripeapi.APIError) string {
+	if e == nil {
+		return "no answer"
+	}
+	s := fmt.Sprintf("HTTP %d", e.Status)
+	for _, w := range []string{e.Type, e.Code} {
+		if w != "" {
+			s += " " + w
+		}
+	}
+	if e.RequestID != "" {
+		s += ", request " + e.RequestID
+	}
+	return s
 }
 
 // redactKey removes the key from s, should a transport error quote it.

@@ -101,8 +101,10 @@ func TestDoctorHealthy(t *testing.T) {
 		wantStatus(t, lines, name, "ok", "")
 	}
 	wantStatus(t, lines, "stripe", "ok", "sk_test_**** (test mode)")
-	wantStatus(t, lines, "stripe", "ok", "HTTP 404 invalid_request_error resource_missing")
+	wantStatus(t, lines, "stripe", "ok", "accepted (a read of customer cus_doctor_probe: not found, as expected)")
 	wantStatus(t, lines, "schema", "ok", "current, not dirty")
+	// Unset, the lock settings are lockmgr's defaults, printed as such.
+	wantStatus(t, lines, "config", "ok", "lock_timeout 1.5s, retry_budget 4s")
 	t.Logf("\n%s", out)
 }
 
@@ -124,9 +126,46 @@ VALUES ('evt_doctor_failed', 'invoice.paid', now(), 'failed', '{}')`); err != ni
 		t.Fatalf("exit %d (%v), want 1\n%s", code, err, out)
 	}
 	wantStatus(t, lines, "schema", "fail", "dirty")
-	wantStatus(t, lines, "stripe", "fail", "rejected: HTTP 401")
+	wantStatus(t, lines, "stripe", "fail", "rejected: HTTP 401 invalid_request_error, request req_doctor; check STRIPE_SECRET_KEY")
 	wantStatus(t, lines, "ledger", "warn", "1 failed events wait for a replay")
 	wantStatus(t, lines, "database", "ok", "")
+}
+
+// Each answer Stripe may give the probe is told apart, through the
+// service's own Stripe client: a missing permission, a rate limit, an
+// answer that is not Stripe's, never with Stripe's message (which quotes
+// the key).
+func TestDoctorStripeAnswers(t *testing.T) {
+	t.Parallel()
+	addr, _ := recordingListener(t) // the database checks fail fast
+	notStripe := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("<html>a web server, not Stripe's API</html>"))
+	}))
+	t.Cleanup(notStripe.Close)
+	gone := httptest.NewServer(http.NotFoundHandler())
+	gone.Close() // nothing listens there now
+	for _, tc := range []struct {
+		name, url, status, contains string
+	}{
+		{"forbidden", fakeStripeStatus(t, http.StatusForbidden, "").URL, "fail", "may not read customers: HTTP 403 invalid_request_error, request req_doctor; a restricted key needs read access"},
+		{"rate limited", fakeStripeStatus(t, http.StatusTooManyRequests, "rate_limit").URL, "warn", "rate limited (HTTP 429 invalid_request_error rate_limit, request req_doctor); run doctor again"},
+		{"bad request", fakeStripeStatus(t, http.StatusBadRequest, "parameter_unknown").URL, "fail", "unexpected answer HTTP 400 invalid_request_error parameter_unknown, request req_doctor (is STRIPE_API_BASE Stripe's API?)"},
+		{"not stripe", notStripe.URL, "fail", "unreadable answer (is STRIPE_API_BASE Stripe's API, and reachable from here?)"},
+		{"unreachable", gone.URL, "fail", "connection refused (is STRIPE_API_BASE Stripe's API, and reachable from here?)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			lines, out, err := runDoctor(t, doctorEnv("postgres://lockstep@"+addr+"/lockstep?sslmode=disable", tc.url))
+			if code := app.ExitCode(err); code != 1 {
+				t.Fatalf("exit %d (%v), want 1\n%s", code, err, out)
+			}
+			wantStatus(t, lines, "stripe", tc.status, tc.contains)
+			if strings.Contains(out, "Invalid API Key provided") {
+				t.Errorf("doctor repeated Stripe's message:\n%s", out)
+			}
+			t.Log(lines["stripe"])
+		})
+	}
 }
 
 // A database that does not answer fails the checks that need it; the

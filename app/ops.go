@@ -59,23 +59,50 @@ func newFlags(name, usage string, env Env) *commandFlags {
 // parseFlags parses args, which may hold flags only. After -h it returns
 // an ExitError of code 0, which ends the command quietly.
 func parseFlags(fs *commandFlags, args []string) error {
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		_, _ = io.WriteString(fs.out, fs.usage)
-		return &ExitError{Code: 0}
-	case err != nil:
-		return &UsageError{Msg: fmt.Sprintf("%s: %v", fs.Name(), err)}
-	case fs.NArg() > 0:
-		return &UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
+	_, err := parseArgs(fs, args, 0)
+	return err
+}
+
+// parseArgs parses args: flags, and at most most other arguments before,
+// between or after them (everything after "--" is one of those), which it
+// returns in order. Errors are parseFlags'.
+func parseArgs(fs *commandFlags, args []string, most int) ([]string, error) {
+	var rest []string
+	for {
+		err := fs.Parse(args)
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			_, _ = io.WriteString(fs.out, fs.usage)
+			return nil, &ExitError{Code: 0}
+		case err != nil:
+			return nil, &UsageError{Msg: fmt.Sprintf("%s: %v", fs.Name(), err)}
+		}
+		more := fs.Args()
+		if parsed := args[:len(args)-len(more)]; len(parsed) > 0 && parsed[len(parsed)-1] == "--" {
+			rest, more = append(rest, more...), nil
+		} else if len(more) > 0 {
+			rest, more = append(rest, more[0]), more[1:]
+		}
+		if len(rest) > most {
+			return nil, &UsageError{Msg: fmt.Sprintf("%s: unexpected argument %q", fs.Name(), rest[most])}
+		}
+		if len(more) == 0 {
+			return rest, nil
+		}
+		args = more
 	}
-	return nil
 }
 
 // lockManager is the lock manager serve and every command write through,
-// with cfg's timeouts (lockmgr's defaults where a Config built by hand, in
-// tests, leaves them zero).
+// with cfg's timeouts (see lockConfig).
 func lockManager(cfg *config.Config, pool *pgxpool.Pool, obs lockmgr.Observer, log *slog.Logger) *lockmgr.Manager {
+	return lockmgr.New(pool, lockConfig(cfg), obs, log)
+}
+
+// lockConfig is lockmgr's configuration with cfg's LOCK_TIMEOUT and
+// RETRY_BUDGET. Zero (unset, or a Config built by hand in tests) keeps
+// lockmgr's default: config does not know it, so that config stays a leaf.
+func lockConfig(cfg *config.Config) lockmgr.Config {
 	lcfg := lockmgr.DefaultConfig()
 	if cfg.LockTimeout > 0 {
 		lcfg.LockTimeout = cfg.LockTimeout
@@ -83,7 +110,16 @@ func lockManager(cfg *config.Config, pool *pgxpool.Pool, obs lockmgr.Observer, l
 	if cfg.RetryBudget > 0 {
 		lcfg.RetryBudget = cfg.RetryBudget
 	}
-	return lockmgr.New(pool, lcfg, obs, log)
+	return lcfg
+}
+
+// effective is cfg as lockstep runs with it, for printing: the lock
+// timeout and retry budget it leaves to lockmgr's defaults filled in.
+func effective(cfg *config.Config) *config.Config {
+	c := *cfg
+	lcfg := lockConfig(cfg)
+	c.LockTimeout, c.RetryBudget = lcfg.LockTimeout, lcfg.RetryBudget
+	return &c
 }
 
 const locksUsage = `usage: lockstep locks [--json]
@@ -95,12 +131,10 @@ GET /admin/locks returns.
 `
 
 func locksCmd(ctx context.Context, args []string, env Env) error {
-	asJSON := false
-	for _, a := range args {
-		if a != "--json" {
-			return &UsageError{Msg: fmt.Sprintf("locks: unknown flag %q", a)}
-		}
-		asJSON = true
+	fs := newFlags("locks", locksUsage, env)
+	asJSON := fs.Bool("json", false, "print GET /admin/locks's document")
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	_, pool, err := openForCommand(ctx, env, 0, 4)
 	if err != nil {
@@ -111,7 +145,7 @@ func locksCmd(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if *asJSON {
 		// The same document GET /admin/locks returns.
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
@@ -195,11 +229,16 @@ an event fails again.
 `
 
 func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
-	if len(args) != 1 {
+	fs := newFlags("replay", replayUsage, env)
+	allFailed := fs.Bool("failed", false, "replay every failed event")
+	ids, err := parseArgs(fs, args, 1)
+	switch {
+	case err != nil:
+		return err
+	case *allFailed && len(ids) > 0, !*allFailed && len(ids) == 0:
 		return &UsageError{Msg: "replay takes one EVENT_ID or --failed"}
-	}
-	if args[0] != "--failed" && !stripeapi.ValidID(args[0], "evt_") {
-		return &UsageError{Msg: fmt.Sprintf("replay: %q is not an event id (evt_...)", args[0])}
+	case len(ids) == 1 && !stripeapi.ValidID(ids[0], "evt_"):
+		return &UsageError{Msg: fmt.Sprintf("replay: %q is not an event id (evt_...)", ids[0])}
 	}
 	cfg, pool, err := openForCommand(ctx, env, 0, 4)
 	if err != nil {
@@ -213,15 +252,15 @@ func replayCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	svc := billing.NewService(lockManager(cfg, pool, nil, log), stripeapi.NewClient(cfg.StripeAPIBase, cfg.StripeSecretKey, stripeapi.Options{}), log)
 
 	var results []billing.ReplayResult
-	if args[0] == "--failed" {
+	if *allFailed {
 		results, err = svc.ReplayFailed(ctx)
 		if err != nil {
 			return err
 		}
 	} else {
-		r, err := svc.Replay(ctx, args[0])
+		r, err := svc.Replay(ctx, ids[0])
 		if r.Outcome == "" && err != nil {
-			return fmt.Errorf("replay %s: %w", args[0], err)
+			return fmt.Errorf("replay %s: %w", ids[0], err)
 		}
 		results = append(results, r)
 	}

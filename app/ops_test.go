@@ -83,6 +83,12 @@ func TestOpsUsageErrors(t *testing.T) {
 		{"replay"},
 		{"replay", "not-an-event"},
 		{"replay", "evt_1", "evt_2"},
+		{"replay", "--failed", "evt_1"},
+		{"replay", "evt_1", "--failed"},
+		{"replay", "--all"},
+		{"replay", "--failed=maybe"},
+		{"locks", "now"},
+		{"locks", "--json", "now"},
 		{"nonsense"},
 	} {
 		err := app.Run(context.Background(), args, envOf(env, io.Discard))

@@ -10,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/lockstep/lockstep/lockmgr"
 )
 
 // Config is lockstep's whole configuration.
@@ -26,8 +24,8 @@ type Config struct {
 	AdminToken         string
 	MetricsToken       string // optional: when set, /metrics requires it as a bearer token
 	Development        bool
-	LockTimeout        time.Duration
-	RetryBudget        time.Duration
+	LockTimeout        time.Duration // 0 (unset): lockmgr's default, applied where the lock manager is built
+	RetryBudget        time.Duration // 0 (unset): lockmgr's default, likewise
 	MaxConns           int32
 	ShutdownTimeout    time.Duration
 	StripeDeadline     time.Duration // Stripe time per HTTP request; 0: app.StripeDeadline (tests shorten it; no variable)
@@ -79,150 +77,231 @@ const (
 	NeedServer         // listen address, secrets, tokens; implies NeedStripe
 )
 
-// Load reads the environment through getenv.
+// Load reads the environment through getenv: every setting of the table
+// (settings), each value trimmed of surrounding whitespace the same way,
+// "" (or only whitespace) meaning unset. Each problem is one *Error naming
+// its variable; several are joined, one per line.
 func Load(getenv func(string) string, needs Needs) (*Config, error) {
-	c := &Config{
-		DatabaseURL:        strings.TrimSpace(getenv("DATABASE_URL")),
-		MigrateDatabaseURL: strings.TrimSpace(getenv("MIGRATE_DATABASE_URL")),
-		ListenAddr:         or(getenv("LISTEN_ADDR"), "127.0.0.1:8080"),
-		StripeSecretKey:    strings.TrimSpace(getenv("STRIPE_SECRET_KEY")),
-		StripeAPIBase:      or(getenv("STRIPE_API_BASE"), "https://api.stripe.com"),
-		AppAPIToken:        strings.TrimSpace(getenv("APP_API_TOKEN")),
-		AdminToken:         strings.TrimSpace(getenv("ADMIN_TOKEN")),
-		MetricsToken:       strings.TrimSpace(getenv("METRICS_TOKEN")),
-		Development:        getenv("LOCKSTEP_ENV") == "development",
-	}
-	var errs []error
-	add := func(v, reason string) { errs = append(errs, &Error{Var: v, Reason: reason}) }
-
-	switch env := getenv("LOCKSTEP_ENV"); env {
-	case "", "production", "development":
-	default:
-		add("LOCKSTEP_ENV", fmt.Sprintf("must be production or development, got %q", env))
-	}
-	var err error
-	locks := lockmgr.DefaultConfig() // the defaults are lockmgr's
-	if c.LockTimeout, err = duration(getenv, "LOCK_TIMEOUT", locks.LockTimeout); err != nil {
-		errs = append(errs, err)
-	}
-	if c.RetryBudget, err = duration(getenv, "RETRY_BUDGET", locks.RetryBudget); err != nil {
-		errs = append(errs, err)
-	}
-	if c.ShutdownTimeout, err = duration(getenv, "SHUTDOWN_TIMEOUT", 15*time.Second); err != nil {
-		errs = append(errs, err)
-	}
-	if c.SweepInterval, err = age(getenv, "STRIPE_SWEEP_INTERVAL", 5*time.Minute, true); err != nil {
-		errs = append(errs, err)
-	}
-	if c.SweepLookback, err = age(getenv, "STRIPE_SWEEP_LOOKBACK", 72*time.Hour, false); err != nil {
-		errs = append(errs, err)
-	} else if c.SweepLookback > 30*24*time.Hour {
-		add("STRIPE_SWEEP_LOOKBACK", "must be at most 30d (Stripe keeps 30 days of events)")
-	}
-	if c.LedgerRetention, err = age(getenv, "LEDGER_RETENTION", 0, true); err != nil {
-		errs = append(errs, err)
-	} else if c.LedgerRetention > 0 && c.LedgerRetention < 24*time.Hour {
-		add("LEDGER_RETENTION", "must be at least 1d (or 0 to keep every event)")
-	}
-	if c.AccessPastDueGrace, err = age(getenv, "ACCESS_PAST_DUE_GRACE", 0, true); err != nil {
-		errs = append(errs, err)
-	}
-	c.StripeAPIRPS = 20
-	if v := getenv("STRIPE_API_RPS"); v != "" {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < 2 || n > 10000 {
-			add("STRIPE_API_RPS", fmt.Sprintf("must be a whole number from 2 to 10000, got %q", v))
-		}
-		c.StripeAPIRPS = n
-	}
-	c.MaxConns = 20
-	if v := getenv("DB_MAX_CONNS"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 32)
-		if err != nil || n < 2 || n > 1000 {
-			add("DB_MAX_CONNS", "must be a whole number from 2 to 1000")
-		}
-		c.MaxConns = int32(n)
-	}
-
-	if needs&NeedDatabase != 0 {
-		if c.DatabaseURL == "" {
-			add("DATABASE_URL", "is required (a postgres:// URL)")
-		} else if err := checkPostgresURL(c.DatabaseURL); err != nil {
-			add("DATABASE_URL", err.Error())
-		}
-		if c.MigrateDatabaseURL != "" {
-			if err := checkPostgresURL(c.MigrateDatabaseURL); err != nil {
-				add("MIGRATE_DATABASE_URL", err.Error())
-			}
-		}
-	}
-	if needs&NeedServer != 0 {
-		if _, port, err := net.SplitHostPort(c.ListenAddr); err != nil || port == "" {
-			add("LISTEN_ADDR", fmt.Sprintf("must be host:port, got %q", c.ListenAddr))
-		} else if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-			add("LISTEN_ADDR", fmt.Sprintf("has a bad port %q", port))
-		}
-		c.fill(getenv("STRIPE_WEBHOOK_SECRET"), add)
-	}
-	if needs&(NeedStripe|NeedServer) != 0 {
-		if u, err := url.Parse(c.StripeAPIBase); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			add("STRIPE_API_BASE", "must be an http(s) URL")
-		}
-		if c.StripeSecretKey == "" && c.Development {
-			c.StripeSecretKey = DevSecretKey
-			c.DevDefaults = append(c.DevDefaults, "STRIPE_SECRET_KEY")
-		}
-		switch {
-		case c.StripeSecretKey == "":
-			add("STRIPE_SECRET_KEY", "is required (sk_live_, sk_test_ or rk_ key)")
-		case !strings.HasPrefix(c.StripeSecretKey, "sk_") && !strings.HasPrefix(c.StripeSecretKey, "rk_"):
-			add("STRIPE_SECRET_KEY", "must start with sk_ or rk_")
-		}
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	c := &Config{}
+	if err := c.load(c.settings(), getenv, needs); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
 
-// fill reads the secrets and tokens, filling development values when allowed.
-func (c *Config) fill(secrets string, add func(v, reason string)) {
-	for _, s := range strings.Split(secrets, ",") {
+// load reads settings into c: the one place that trims, fills defaults
+// and development values, and words the errors.
+func (c *Config) load(settings []setting, getenv func(string) string, needs Needs) error {
+	var errs []error
+	for _, s := range settings {
+		needed := s.needs == 0 || needs&s.needs != 0
+		v := strings.TrimSpace(getenv(s.name))
+		bad := func(reason string) {
+			if s.secret && v != "" { // never quote a secret, whatever the check said
+				reason = strings.ReplaceAll(reason, v, Redact(v))
+			}
+			errs = append(errs, &Error{Var: s.name, Reason: reason})
+		}
+		switch {
+		case v != "":
+		case needed && c.Development && s.dev != "":
+			v = s.dev
+			c.DevDefaults = append(c.DevDefaults, s.name)
+		case needed && s.required != "":
+			bad(s.required)
+			continue
+		default:
+			v = s.def
+		}
+		if v == "" {
+			continue
+		}
+		if !needed {
+			// Read for the commands that use it when set (replay's
+			// Stripe key), but not checked: this command does not need it.
+			bad = func(string) {}
+		}
+		s.parse(v, bad)
+	}
+	return errors.Join(errs...)
+}
+
+// setting is one environment variable: how Load reads it into c.
+type setting struct {
+	name     string
+	needs    Needs  // the commands that check it (and fill dev); 0: every one
+	def      string // the value when unset
+	dev      string // the value when unset under LOCKSTEP_ENV=development, listed in DevDefaults
+	required string // the reason when unset where needed; "" for optional
+	secret   bool   // its value is never quoted in an error
+	// parse stores v (trimmed, not empty) in its field and calls bad with
+	// the reason for each problem it finds.
+	parse func(v string, bad func(reason string))
+}
+
+// settings is the configuration, one row per variable, in the order Load
+// reads them (LOCKSTEP_ENV first: the development values depend on it).
+func (c *Config) settings() []setting {
+	return []setting{
+		{name: "LOCKSTEP_ENV", parse: func(v string, bad func(string)) {
+			switch v {
+			case "production":
+			case "development":
+				c.Development = true
+			default:
+				bad(fmt.Sprintf("must be production or development, got %q", v))
+			}
+		}},
+		{name: "DATABASE_URL", needs: NeedDatabase, required: "is required (a postgres:// URL)", secret: true,
+			parse: text(&c.DatabaseURL, checkPostgresURL)},
+		{name: "MIGRATE_DATABASE_URL", needs: NeedDatabase, secret: true,
+			parse: text(&c.MigrateDatabaseURL, checkPostgresURL)},
+		{name: "LISTEN_ADDR", needs: NeedServer, def: "127.0.0.1:8080", parse: text(&c.ListenAddr, checkListenAddr)},
+		{name: "STRIPE_WEBHOOK_SECRET", needs: NeedServer, dev: DevWebhookSecret, secret: true,
+			required: webhookSecretRequired, parse: c.webhookSecrets},
+		{name: "APP_API_TOKEN", needs: NeedServer, dev: DevAppAPIToken, required: "is required", secret: true,
+			parse: text(&c.AppAPIToken, c.checkToken)},
+		{name: "ADMIN_TOKEN", needs: NeedServer, dev: DevAdminToken, required: "is required", secret: true,
+			parse: text(&c.AdminToken, c.checkToken)},
+		{name: "METRICS_TOKEN", secret: true, parse: text(&c.MetricsToken, nil)},
+		{name: "STRIPE_API_BASE", needs: NeedStripe | NeedServer, def: "https://api.stripe.com",
+			parse: text(&c.StripeAPIBase, checkHTTPURL)},
+		{name: "STRIPE_SECRET_KEY", needs: NeedStripe | NeedServer, dev: DevSecretKey, secret: true,
+			required: "is required (sk_live_, sk_test_ or rk_ key)", parse: text(&c.StripeSecretKey, checkStripeKey)},
+		// 0 (unset): lockmgr's default, applied where the lock manager is built.
+		{name: "LOCK_TIMEOUT", parse: duration(&c.LockTimeout)},
+		{name: "RETRY_BUDGET", parse: duration(&c.RetryBudget)},
+		{name: "SHUTDOWN_TIMEOUT", def: "15s", parse: duration(&c.ShutdownTimeout)},
+		{name: "STRIPE_SWEEP_INTERVAL", def: "5m", parse: age(&c.SweepInterval, true, nil)},
+		{name: "STRIPE_SWEEP_LOOKBACK", def: "72h", parse: age(&c.SweepLookback, false, func(d time.Duration) string {
+			if d > 30*24*time.Hour {
+				return "must be at most 30d (Stripe keeps 30 days of events)"
+			}
+			return ""
+		})},
+		{name: "LEDGER_RETENTION", parse: age(&c.LedgerRetention, true, func(d time.Duration) string {
+			if d > 0 && d < 24*time.Hour {
+				return "must be at least 1d (or 0 to keep every event)"
+			}
+			return ""
+		})},
+		{name: "ACCESS_PAST_DUE_GRACE", parse: age(&c.AccessPastDueGrace, true, nil)},
+		{name: "STRIPE_API_RPS", def: "20", parse: func(v string, bad func(string)) {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 2 || n > 10000 {
+				bad(fmt.Sprintf("must be a whole number from 2 to 10000, got %q", v))
+			}
+			c.StripeAPIRPS = n
+		}},
+		{name: "DB_MAX_CONNS", def: "20", parse: func(v string, bad func(string)) {
+			n, err := strconv.ParseInt(v, 10, 32)
+			if err != nil || n < 2 || n > 1000 {
+				bad("must be a whole number from 2 to 1000")
+			}
+			c.MaxConns = int32(n)
+		}},
+	}
+}
+
+// text is a setting stored as it is, then checked by check (nil: none),
+// which returns the problem or "".
+func text(dst *string, check func(string) string) func(string, func(string)) {
+	return func(v string, bad func(string)) {
+		*dst = v
+		if check != nil {
+			if reason := check(v); reason != "" {
+				bad(reason)
+			}
+		}
+	}
+}
+
+// duration is a short duration in Go's units, above 0 and at most 10m.
+func duration(dst *time.Duration) func(string, func(string)) {
+	return func(v string, bad func(string)) {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > 10*time.Minute {
+			bad(fmt.Sprintf("must be a duration such as 1500ms, got %q", v))
+			return
+		}
+		*dst = d
+	}
+}
+
+// age is a duration that may be long: Go's units, or a whole number of
+// days ("90d"); zero allows "0" (off). check (nil: none) judges the value.
+func age(dst *time.Duration, zero bool, check func(time.Duration) string) func(string, func(string)) {
+	return func(v string, bad func(string)) {
+		d, err := ParseAge(v)
+		switch {
+		case err != nil:
+			bad(fmt.Sprintf("must be a duration such as 5m, 72h or 90d, got %q", v))
+			return
+		case d == 0 && !zero:
+			bad("must be longer than 0")
+			return
+		}
+		*dst = d
+		if check != nil {
+			if reason := check(d); reason != "" {
+				bad(reason)
+			}
+		}
+	}
+}
+
+const webhookSecretRequired = "is required (one or more whsec_ secrets, comma-separated)"
+
+// webhookSecrets reads STRIPE_WEBHOOK_SECRET: one or more secrets,
+// comma-separated, each trimmed; a problem with any is one line each.
+func (c *Config) webhookSecrets(v string, bad func(string)) {
+	for _, s := range strings.Split(v, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			c.WebhookSecrets = append(c.WebhookSecrets, s)
 		}
 	}
-	dev := func(name string, dst *string, val string) {
-		if *dst == "" && c.Development {
-			*dst = val
-			c.DevDefaults = append(c.DevDefaults, name)
-		}
-	}
-	if len(c.WebhookSecrets) == 0 && c.Development {
-		c.WebhookSecrets = []string{DevWebhookSecret}
-		c.DevDefaults = append(c.DevDefaults, "STRIPE_WEBHOOK_SECRET")
-	}
-	dev("APP_API_TOKEN", &c.AppAPIToken, DevAppAPIToken)
-	dev("ADMIN_TOKEN", &c.AdminToken, DevAdminToken)
-
 	if len(c.WebhookSecrets) == 0 {
-		add("STRIPE_WEBHOOK_SECRET", "is required (one or more whsec_ secrets, comma-separated)")
+		bad(webhookSecretRequired) // only commas and spaces
 	}
 	for i, s := range c.WebhookSecrets {
 		if reason := webhookSecretProblem(s); reason != "" {
-			add("STRIPE_WEBHOOK_SECRET", fmt.Sprintf("secret #%d %s", i+1, reason))
+			bad(fmt.Sprintf("secret #%d %s", i+1, reason))
 		}
 	}
-	if c.AppAPIToken == "" {
-		add("APP_API_TOKEN", "is required")
-	} else if len(c.AppAPIToken) < 12 && !c.Development {
-		add("APP_API_TOKEN", "must be at least 12 characters")
+}
+
+// checkToken judges APP_API_TOKEN and ADMIN_TOKEN: at least 12 characters,
+// except in development.
+func (c *Config) checkToken(t string) string {
+	if len(t) < 12 && !c.Development {
+		return "must be at least 12 characters"
 	}
-	if c.AdminToken == "" {
-		add("ADMIN_TOKEN", "is required")
-	} else if len(c.AdminToken) < 12 && !c.Development {
-		add("ADMIN_TOKEN", "must be at least 12 characters")
+	return ""
+}
+
+func checkListenAddr(addr string) string {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return fmt.Sprintf("must be host:port, got %q", addr)
 	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Sprintf("has a bad port %q", port)
+	}
+	return ""
+}
+
+func checkHTTPURL(s string) string {
+	if u, err := url.Parse(s); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "must be an http(s) URL"
+	}
+	return ""
+}
+
+func checkStripeKey(k string) string {
+	if !strings.HasPrefix(k, "sk_") && !strings.HasPrefix(k, "rk_") {
+		return "must start with sk_ or rk_"
+	}
+	return ""
 }
 
 // minWebhookSecret is the fewest characters lockstep takes after whsec_
@@ -244,44 +323,15 @@ func webhookSecretProblem(s string) string {
 	return ""
 }
 
-func checkPostgresURL(s string) error {
+func checkPostgresURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil {
-		return errors.New("is not a URL")
+		return "is not a URL"
 	}
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return fmt.Errorf("must be a postgres:// URL, got scheme %q", u.Scheme)
+		return fmt.Sprintf("must be a postgres:// URL, got scheme %q", u.Scheme)
 	}
-	return nil
-}
-
-func duration(getenv func(string) string, name string, def time.Duration) (time.Duration, error) {
-	v := getenv(name)
-	if v == "" {
-		return def, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 || d > 10*time.Minute {
-		return 0, &Error{Var: name, Reason: fmt.Sprintf("must be a duration such as 1500ms, got %q", v)}
-	}
-	return d, nil
-}
-
-// age reads a duration that may be long: Go's units, or a whole number of
-// days ("90d"). zero allows "0" (off).
-func age(getenv func(string) string, name string, def time.Duration, zero bool) (time.Duration, error) {
-	v := strings.TrimSpace(getenv(name))
-	if v == "" {
-		return def, nil
-	}
-	d, err := ParseAge(v)
-	switch {
-	case err != nil:
-		return 0, &Error{Var: name, Reason: fmt.Sprintf("must be a duration such as 5m, 72h or 90d, got %q", v)}
-	case d == 0 && !zero:
-		return 0, &Error{Var: name, Reason: "must be longer than 0"}
-	}
-	return d, nil
+	return ""
 }
 
 // ParseAge parses a non-negative duration in Go's units ("5m", "72h") or in
@@ -306,13 +356,6 @@ func ParseAge(s string) (time.Duration, error) {
 	return d, nil
 }
 
-func or(v, def string) string {
-	if v = strings.TrimSpace(v); v != "" {
-		return v
-	}
-	return def
-}
-
 // MigrateURL is the URL migrations run on: a direct connection.
 func (c *Config) MigrateURL() string {
 	if c.MigrateDatabaseURL != "" {
@@ -321,16 +364,19 @@ func (c *Config) MigrateURL() string {
 	return c.DatabaseURL
 }
 
-// String prints the configuration with every secret masked.
+// String prints the configuration with every secret masked. Values left to
+// another package's default print as 0s (serve prints its effective ones).
 func (c *Config) String() string {
 	secrets := make([]string, len(c.WebhookSecrets))
 	for i, s := range c.WebhookSecrets {
 		secrets[i] = Redact(s)
 	}
-	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s metrics_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s",
+	// metrics_token comes last: unset, it prints as nothing, and the log's
+	// masking (redact.String) would take the next word for its value.
+	return fmt.Sprintf("database=%s listen=%s webhook_secrets=[%s] stripe_key=%s stripe_api=%s app_token=%s admin_token=%s lock_timeout=%s retry_budget=%s sweep_interval=%s stripe_api_rps=%d ledger_retention=%s metrics_token=%s",
 		RedactURL(c.DatabaseURL), c.ListenAddr, strings.Join(secrets, ","), Redact(c.StripeSecretKey),
-		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), maskToken(c.MetricsToken), c.LockTimeout, c.RetryBudget,
-		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention)
+		c.StripeAPIBase, maskToken(c.AppAPIToken), maskToken(c.AdminToken), c.LockTimeout, c.RetryBudget,
+		c.SweepInterval, c.StripeAPIRPS, c.LedgerRetention, maskToken(c.MetricsToken))
 }
 
 func maskToken(t string) string {

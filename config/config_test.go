@@ -34,8 +34,18 @@ func TestLoadGood(t *testing.T) {
 	if len(c.WebhookSecrets) != 2 || c.WebhookSecrets[1] != "whsec_oldSECRETbody456789" {
 		t.Fatalf("secrets = %q, want two, trimmed", c.WebhookSecrets)
 	}
-	if c.LockTimeout != 1500*time.Millisecond || c.RetryBudget != 4*time.Second || c.ListenAddr != "127.0.0.1:8080" {
+	// Unset lock settings stay 0: lockmgr's default, applied where the
+	// lock manager is built (app's lockConfig), so config needs no lockmgr.
+	if c.LockTimeout != 0 || c.RetryBudget != 0 || c.ListenAddr != "127.0.0.1:8080" {
 		t.Fatalf("defaults: lock_timeout %s retry_budget %s listen %s", c.LockTimeout, c.RetryBudget, c.ListenAddr)
+	}
+	env := good()
+	env["LOCK_TIMEOUT"], env["RETRY_BUDGET"] = "250ms", "2s"
+	if c, err = config.Load(getenv(env), config.NeedDatabase); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if c.LockTimeout != 250*time.Millisecond || c.RetryBudget != 2*time.Second {
+		t.Fatalf("set: lock_timeout %s retry_budget %s", c.LockTimeout, c.RetryBudget)
 	}
 }
 
@@ -217,7 +227,9 @@ func TestDevelopmentDefaults(t *testing.T) {
 // String, which serve logs at startup, masks every secret.
 func TestStringMasksSecrets(t *testing.T) {
 	t.Parallel()
-	c, err := config.Load(getenv(good()), config.NeedDatabase|config.NeedServer)
+	env := good()
+	env["LOCK_TIMEOUT"] = "1500ms"
+	c, err := config.Load(getenv(env), config.NeedDatabase|config.NeedServer)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}

@@ -11,9 +11,15 @@ import (
 func TestLoadMetricsToken(t *testing.T) {
 	t.Parallel()
 	env := good()
+	env["LOCK_TIMEOUT"] = "1500ms"
 	c, err := config.Load(getenv(env), config.NeedDatabase|config.NeedServer)
 	if err != nil || c.MetricsToken != "" {
 		t.Fatalf("unset: %v, token %q; want no error, no token", err, c.MetricsToken)
+	}
+	// Unset, it prints as nothing; masked for the log as serve logs it, the
+	// setting after it must not be taken for its value.
+	if s := config.MaskSecrets(c.String()); !strings.Contains(s, " lock_timeout=1.5s ") {
+		t.Fatalf("unset token, masked for the log: %s", s)
 	}
 	env["METRICS_TOKEN"] = "  metrics-token-0123456789 \n"
 	if c, err = config.Load(getenv(env), config.NeedDatabase|config.NeedServer); err != nil || c.MetricsToken != "metrics-token-0123456789" {
