@@ -3,10 +3,8 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/lockstep/lockstep/billing"
@@ -27,26 +25,15 @@ flags:
 func accessCmd(ctx context.Context, args []string, env Env) error {
 	fs := newFlags("access", accessUsage, env)
 	feature := fs.String("feature", "", "feature lookup key")
+	rest, err := parseArgs(fs, args, 1) // the user id may come before or after the flags
+	if err != nil {
+		return err
+	}
 	featureSet := false
-	// The user id may come before or after the flags.
+	fs.Visit(func(f *flag.Flag) { featureSet = featureSet || f.Name == "feature" })
 	var user string
-	for {
-		err := fs.Parse(args)
-		switch {
-		case errors.Is(err, flag.ErrHelp):
-			_, _ = io.WriteString(fs.out, fs.usage)
-			return &ExitError{Code: 0}
-		case err != nil:
-			return &UsageError{Msg: fmt.Sprintf("access: %v", err)}
-		}
-		fs.Visit(func(f *flag.Flag) { featureSet = featureSet || f.Name == "feature" })
-		if fs.NArg() == 0 {
-			break
-		}
-		if user != "" {
-			return &UsageError{Msg: fmt.Sprintf("access: unexpected argument %q", fs.Arg(0))}
-		}
-		user, args = fs.Arg(0), fs.Args()[1:]
+	if len(rest) == 1 {
+		user = rest[0]
 		if user == "" {
 			return &UsageError{Msg: "access: USER_ID must not be empty"}
 		}
