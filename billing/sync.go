@@ -88,9 +88,10 @@ type syncRun struct {
 // customers, subscriptions and invoices from Stripe's list endpoints into
 // the store, and then each stored customer's active entitlements, each
 // customer's objects under its lock with the same rules as a webhook, so it
-// is safe while webhooks and checkout-success calls race it. Progress is kept after every page in stripe_sync_runs: a
-// run that was interrupted continues where it stopped, and a run that
-// finishes leaves nothing behind. A second full sync changes nothing.
+// is safe while webhooks and checkout-success calls race it. Progress is
+// kept after every page in stripe_sync_runs: a run that was interrupted
+// continues where it stopped, and a run that finishes leaves nothing
+// behind. A second full sync changes nothing.
 func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 	if o.InvoicesPerCustomer <= 0 {
 		o.InvoicesPerCustomer = 10

@@ -49,11 +49,12 @@ type storedCustomer struct {
 // Verify compares the stored products and prices (not with Customer: the
 // catalog is the account's), customers, mappings, subscriptions and
 // customers' entitlement sets with Stripe's, and with Repair mends what
-// differs. A difference is confirmed
-// before it is reported: the object is read again from Stripe and from the
-// store, so a webhook landing during the run is not drift, and a stored
-// snapshot newer than Stripe's answer is not either. The run is recorded
-// in stripe_verify_runs, which the drift metrics count.
+// differs. A difference is confirmed before it is reported: the object is
+// read again from Stripe and from the store, so a webhook landing during
+// the run is not drift, and a stored snapshot newer than Stripe's answer is
+// not either. Each drifted object is repaired once and read again once,
+// however many of its fields differ. The run is recorded in
+// stripe_verify_runs, which the drift metrics count.
 func (b *Bulk) Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 	started := time.Now()
 	if o.Customer != "" && !stripeapi.ValidID(o.Customer, "cus_") {
