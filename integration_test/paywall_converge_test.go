@@ -179,6 +179,11 @@ JOIN stripe_products pr ON pr.stripe_product_id = p.stripe_product_id WHERE s.st
 	if out, code := b.cli(ctx, nil, "verify"); code != 0 || !strings.Contains(out, "equals Stripe's") {
 		t.Fatalf("verify after repair: exit %d, want 0:\n%s", code, out)
 	}
+	m := scrapeMetrics(t, b)
+	if found, repaired := m.val("lockstep_drift_found_total", "object", "entitlement", "field", "feature"),
+		m.val("lockstep_drift_repaired_total", "object", "entitlement", "field", "feature"); found != 4 || repaired != 2 {
+		t.Fatalf("entitlement drift metrics: found %v repaired %v, want 4 (two runs found 2 each) and 2", found, repaired)
+	}
 
 	// One customer: its entitlements are compared, the catalog is not.
 	for _, q := range []string{
