@@ -184,13 +184,23 @@ func TestSyncDryRunCustomerAndSince(t *testing.T) {
 		t.Fatalf("sync --customer: exit %d, want one customer's rows only:\n%s", code, out)
 	}
 
-	// The newest three customers were created in the last 13 minutes.
+	// The newest three customers were created in the last 13 minutes, the
+	// third exactly 13 minutes before the seeding: in or out depending on
+	// the second the sync starts. Those well inside are stored, those well
+	// before are not (but the one synced above).
+	cut := time.Now().Add(-13 * time.Minute)
 	out, code = b.cli(context.Background(), nil, "sync", "--since", "13m")
 	if code != 0 {
 		t.Fatalf("sync --since: exit %d:\n%s", code, out)
 	}
-	if n := b.count(`SELECT count(*) FROM stripe_customers`); n < 3 || n >= 12 {
-		t.Fatalf("sync --since 13m stored %d customers, want the few created since (and the one before)", n)
+	for id, c := range a.customers {
+		stored := b.count(`SELECT count(*) FROM stripe_customers WHERE stripe_customer_id = $1`, id) == 1
+		switch {
+		case c.Created.After(cut.Add(30*time.Second)) && !stored:
+			t.Fatalf("sync --since 13m did not store %s, created %s ago", id, time.Since(c.Created).Round(time.Second))
+		case c.Created.Before(cut.Add(-30*time.Second)) && stored && id != one.ID:
+			t.Fatalf("sync --since 13m stored %s, created %s ago", id, time.Since(c.Created).Round(time.Second))
+		}
 	}
 
 	for _, cmd := range []string{"sync", "verify", "sweep"} {
