@@ -81,8 +81,10 @@ func checkCustomerFlag(fs *commandFlags, id string) error {
 
 const syncUsage = `usage: lockstep sync [--customer cus_...] [--since T] [--dry-run] [--invoices N] [--page-size N]
 
-Backfills customers, subscriptions and invoices from Stripe's lists, each
-under its customer's lock; run again to continue an interrupted sync.
+Backfills products and prices (not with --customer), customers, subscriptions
+and invoices from Stripe's lists, then each stored customer's active
+entitlements, each customer's objects under its lock; run again to continue an
+interrupted sync.
 `
 
 func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
@@ -124,7 +126,7 @@ func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) erro
 		Progress: func(p billing.SyncProgress) { progress.show(syncLine(p)) },
 		Change: func(c billing.Change) {
 			if *dryRun {
-				progress.print(env.Stdout, "would write: "+c.String())
+				progress.print(env.Stdout, "would write: "+c.Describe())
 			}
 		},
 		Note:       func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
@@ -208,8 +210,9 @@ func rate(n int64, d time.Duration) float64 {
 
 const verifyUsage = `usage: lockstep verify [--customer cus_...] [--repair]
 
-Compares stored customers, mappings and subscriptions with Stripe's, one line
-per difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
+Compares stored products and prices (not with --customer), customers,
+mappings, subscriptions and entitlements with Stripe's, one line per
+difference. Exit 0 equal, 3 drift (with --repair: 0 once mended), 2 usage.
 `
 
 func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) error {
@@ -229,8 +232,8 @@ func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	defer b.close()
 	res, err := b.Verify(ctx, billing.VerifyOptions{
 		Customer: *customer, Repair: *repair,
-		Found:      func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
-		Mended:     func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
+		Found:      func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.Describe()) },
+		Mended:     func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.Describe()) },
 		Unreadable: func(u billing.Unreadable) { fmt.Fprintln(env.Stdout, "verify: skipped: "+u.String()) },
 	})
 	// Objects that could not be read were reported; the rest was compared,
@@ -251,7 +254,7 @@ func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 		return done
 	case *repair:
 		for _, c := range res.Remaining {
-			fmt.Fprintln(env.Stdout, "not mended: "+c.String())
+			fmt.Fprintln(env.Stdout, "not mended: "+c.Describe())
 		}
 		return &ExitError{Code: 3, Msg: fmt.Sprintf("verify: %d differences found, %d not mended (see the README: Operations, verify)",
 			len(res.Found), len(res.Remaining))}

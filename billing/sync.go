@@ -20,6 +20,8 @@ type Lister interface {
 	Stripe
 	Customer(ctx context.Context, id string) (*stripeapi.Customer, time.Time, error)
 	Customers(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Customer], error]
+	Products(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Product], error]
+	Prices(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Price], error]
 	Subscriptions(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Subscription], error]
 	Invoices(ctx context.Context, p stripeapi.ListParams) iter.Seq2[stripeapi.Dated[*stripeapi.Invoice], error]
 	Events(ctx context.Context, p stripeapi.ListParams, types []string) iter.Seq2[*stripeapi.Event, error]
@@ -60,7 +62,7 @@ type SyncOptions struct {
 
 // SyncProgress is where a sync stands.
 type SyncProgress struct {
-	Phase   string // customers, subscriptions, invoices, done
+	Phase   string // products, prices, customers, subscriptions, invoices, entitlements, done
 	Read    int64  // objects read from Stripe, this run and the runs it resumes
 	Written int64  // objects whose stored state changed
 	Resumed bool   // this run continues an interrupted one
@@ -68,7 +70,7 @@ type SyncProgress struct {
 	ReadNow int64 // objects read by this process, for the rate
 }
 
-var syncPhases = []string{"customers", "subscriptions", "invoices", "done"}
+var syncPhases = []string{"products", "prices", "customers", "subscriptions", "invoices", "entitlements", "done"}
 
 // syncRun is a row of stripe_sync_runs: where a sync stands.
 type syncRun struct {
@@ -81,12 +83,15 @@ type syncRun struct {
 	since   time.Time // the cut the run was started with
 }
 
-// Sync backfills customers, subscriptions and invoices from Stripe's list
-// endpoints into the store, each object under its customer's lock with the
-// same rules as a webhook, so it is safe while webhooks and checkout-success
-// calls race it. Progress is kept after every page in stripe_sync_runs: a
-// run that was interrupted continues where it stopped, and a run that
-// finishes leaves nothing behind. A second full sync changes nothing.
+// Sync backfills products and prices (the whole account's, before the
+// customers, so that subscriptions find their plan; not for one customer),
+// customers, subscriptions and invoices from Stripe's list endpoints into
+// the store, and then each stored customer's active entitlements, each
+// customer's objects under its lock with the same rules as a webhook, so it
+// is safe while webhooks and checkout-success calls race it. Progress is
+// kept after every page in stripe_sync_runs: a run that was interrupted
+// continues where it stopped, and a run that finishes leaves nothing
+// behind. A second full sync changes nothing.
 func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 	if o.InvoicesPerCustomer <= 0 {
 		o.InvoicesPerCustomer = 10
@@ -121,7 +126,7 @@ func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 		o.Since = run.since
 	}
 	st := &syncState{s: b.Service, api: b.api, o: o, run: run, start: time.Now(), scope: scope, renewed: time.Now()}
-	for _, phase := range syncPhases[:3] {
+	for _, phase := range syncPhases[:len(syncPhases)-1] {
 		if phaseIndex(run.phase) > phaseIndex(phase) {
 			continue
 		}
@@ -130,12 +135,18 @@ func (b *Bulk) Sync(ctx context.Context, o SyncOptions) (SyncProgress, error) {
 		}
 		var err error
 		switch phase {
+		case "products":
+			err = st.products(ctx)
+		case "prices":
+			err = st.prices(ctx)
 		case "customers":
 			err = st.customers(ctx)
 		case "subscriptions":
 			err = st.subscriptions(ctx)
 		case "invoices":
 			err = st.invoices(ctx)
+		case "entitlements":
+			err = st.entitlements(ctx)
 		}
 		if err != nil {
 			return st.progress(), err
@@ -170,7 +181,7 @@ WITH found AS (
     WHERE scope = $1 AND since_asked = $3 AND finished_at IS NULL
 ), made AS (
     INSERT INTO stripe_sync_runs (scope, since, since_asked, phase)
-    SELECT $1, $2, $3, 'customers' WHERE NOT EXISTS (SELECT 1 FROM found)
+    SELECT $1, $2, $3, 'products' WHERE NOT EXISTS (SELECT 1 FROM found)
     ON CONFLICT DO NOTHING
     RETURNING id, phase, after, read, written, false AS resumed, since
 )
@@ -198,7 +209,7 @@ type syncState struct {
 	run     *syncRun
 	start   time.Time
 	readNow int64
-	object  string // the kind being listed: customer, subscription, invoice
+	object  string // the kind being listed: product, price, customer, subscription, invoice
 	// scope's lease, renewed after a page (see saveProgress)
 	scope   string
 	renewed time.Time
@@ -343,20 +354,14 @@ func (st *syncState) customers(ctx context.Context) error {
 		}
 		return st.report(changes), nil
 	}
-	if st.o.Customer != "" {
-		// One customer: read it (a deleted one too, which lists omit).
-		c, at, err := st.api.Customer(ctx, st.o.Customer)
-		if err != nil {
-			return fmt.Errorf("sync: read customer %s: %w", st.o.Customer, err)
-		}
-		seq := func(yield func(stripeapi.Dated[*stripeapi.Customer], error) bool) {
-			yield(stripeapi.Dated[*stripeapi.Customer]{Obj: c, At: at}, nil)
-		}
-		return pages(ctx, st, seq, customerID, apply)
+	// One customer (p.Customer): the list reads it by id, a deleted one
+	// too, which lists omit.
+	read := st.run.read
+	err := pages(ctx, st, st.api.Customers(ctx, st.params()), customerID, apply)
+	if err == nil && st.o.Customer != "" && st.run.read == read && st.run.after == "" && st.o.Since.IsZero() {
+		return fmt.Errorf("sync: Stripe has no customer %s", st.o.Customer)
 	}
-	p := st.params()
-	p.Customer = ""
-	return pages(ctx, st, st.api.Customers(ctx, p), customerID, apply)
+	return err
 }
 
 func customerID(c *stripeapi.Customer) string { return c.ID }

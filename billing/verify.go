@@ -46,23 +46,30 @@ type storedCustomer struct {
 	deleted bool
 }
 
-// Verify compares the stored customers, mappings and subscriptions with
-// Stripe's, and with Repair mends what differs. A difference is confirmed
-// before it is reported: the object is read again from Stripe and from the
-// store, so a webhook landing during the run is not drift, and a stored
-// snapshot newer than Stripe's answer is not either. The run is recorded
-// in stripe_verify_runs, which the drift metrics count.
+// Verify compares the stored products and prices (not with Customer: the
+// catalog is the account's), customers, mappings, subscriptions and
+// customers' entitlement sets with Stripe's, and with Repair mends what
+// differs. A difference is confirmed before it is reported: the object is
+// read again from Stripe and from the store, so a webhook landing during
+// the run is not drift, and a stored snapshot newer than Stripe's answer is
+// not either. Each drifted object is repaired once and read again once,
+// however many of its fields differ. The run is recorded in
+// stripe_verify_runs, which the drift metrics count.
 func (b *Bulk) Verify(ctx context.Context, o VerifyOptions) (VerifyResult, error) {
 	started := time.Now()
 	if o.Customer != "" && !stripeapi.ValidID(o.Customer, "cus_") {
 		return VerifyResult{}, fmt.Errorf("verify: %q is not a Stripe customer id", o.Customer)
 	}
 	v := &verifier{s: b.Service, api: b.api, o: o}
-	if err := v.customers(ctx); err != nil {
-		return v.res, err
+	steps := []func(context.Context) error{v.catalog, v.customers, v.subscriptions, v.entitlements}
+	if o.Customer != "" {
+		// The catalog is the account's, not the customer's: left out.
+		steps = steps[1:]
 	}
-	if err := v.subscriptions(ctx); err != nil {
-		return v.res, err
+	for _, step := range steps {
+		if err := step(ctx); err != nil {
+			return v.res, err
+		}
 	}
 	scope := "all"
 	if o.Customer != "" {
@@ -99,16 +106,22 @@ func (v *verifier) skip(ctx context.Context, object string, err error) bool {
 	return true
 }
 
-// found records a confirmed difference and, with Repair, mends it with
-// repair (nil when it cannot be mended by lockstep: Stripe has no such
-// object, or the mapping rules refuse) and checks it again with recheck.
-func (v *verifier) found(ctx context.Context, c Change, repair func(ctx context.Context) error, recheck func(ctx context.Context) ([]Change, error)) error {
-	v.res.Found = append(v.res.Found, c)
+// found records the confirmed differences of one object and, with Repair,
+// mends them all with one repair (nil when lockstep cannot: Stripe has no
+// such object) and checks the object again with one recheck: a repair and
+// a re-read per object, whatever the number of its fields that differ. A
+// difference that is not repairable (the mapping rules refuse) or that the
+// recheck still finds stays.
+func (v *verifier) found(ctx context.Context, diff []Change, repairable func(Change) bool,
+	repair func(ctx context.Context) error, recheck func(ctx context.Context) ([]Change, error)) error {
+	v.res.Found = append(v.res.Found, diff...)
 	if v.o.Found != nil {
-		v.o.Found(c)
+		for _, c := range diff {
+			v.o.Found(c)
+		}
 	}
-	if !v.o.Repair || repair == nil {
-		v.res.Remaining = append(v.res.Remaining, c)
+	if !v.o.Repair || repair == nil || !slices.ContainsFunc(diff, repairable) {
+		v.res.Remaining = append(v.res.Remaining, diff...)
 		return nil
 	}
 	if err := repair(ctx); err != nil {
@@ -118,13 +131,15 @@ func (v *verifier) found(ctx context.Context, c Change, repair func(ctx context.
 	if err != nil {
 		return err
 	}
-	if slices.ContainsFunc(left, func(l Change) bool { return l.Key() == c.Key() && l.ID == c.ID }) {
-		v.res.Remaining = append(v.res.Remaining, c)
-		return nil
-	}
-	v.res.Repaired = append(v.res.Repaired, c)
-	if v.o.Mended != nil {
-		v.o.Mended(c)
+	for _, c := range diff {
+		if !repairable(c) || slices.ContainsFunc(left, func(l Change) bool { return sameDrift(l, c) }) {
+			v.res.Remaining = append(v.res.Remaining, c)
+			continue
+		}
+		v.res.Repaired = append(v.res.Repaired, c)
+		if v.o.Mended != nil {
+			v.o.Mended(c)
+		}
 	}
 	return nil
 }
@@ -134,26 +149,17 @@ func (v *verifier) customers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// One customer (o.Customer): the list reads it by id, a deleted one
+	// too; a customer Stripe does not have yields nothing.
 	listed := map[string]stripeapi.Dated[*stripeapi.Customer]{}
-	if v.o.Customer != "" {
-		c, at, err := v.api.Customer(ctx, v.o.Customer)
-		switch {
-		case errors.Is(err, stripeapi.ErrNotFound):
-		case err != nil:
-			return fmt.Errorf("verify: read customer %s: %w", v.o.Customer, err)
-		default:
-			listed[c.ID] = stripeapi.Dated[*stripeapi.Customer]{Obj: c, At: at}
+	for d, err := range v.api.Customers(ctx, stripeapi.ListParams{Customer: v.o.Customer}) {
+		if v.skip(ctx, "customer", err) {
+			continue
 		}
-	} else {
-		for d, err := range v.api.Customers(ctx, stripeapi.ListParams{}) {
-			if v.skip(ctx, "customer", err) {
-				continue
-			}
-			if err != nil {
-				return fmt.Errorf("verify: list customers: %w", err)
-			}
-			listed[d.Obj.ID] = d
+		if err != nil {
+			return fmt.Errorf("verify: list customers: %w", err)
 		}
+		listed[d.Obj.ID] = d
 	}
 	return compare(ctx, v, stored, listed, kind[*stripeapi.Customer, *storedCustomer]{
 		name:  "customer",
@@ -164,7 +170,7 @@ func (v *verifier) customers(ctx context.Context) error {
 		diff: customerDiff,
 		// A mapping to another user is the owner's to decide, not verify's.
 		repairable: func(c Change) bool { return c.Object != "mapping" || c.Stored == "" },
-		apply: func(ctx context.Context, d stripeapi.Dated[*stripeapi.Customer]) error {
+		apply: func(ctx context.Context, _ string, d stripeapi.Dated[*stripeapi.Customer]) error {
 			_, _, err := v.s.ApplyCustomer(ctx, d, ApplyOptions{Writer: "verify"})
 			return err
 		},
@@ -179,7 +185,7 @@ type kind[T, S any] struct {
 	stored     func(ctx context.Context, id string) (map[string]S, error)
 	diff       func(id string, stored S, d stripeapi.Dated[T]) []Change
 	repairable func(Change) bool
-	apply      func(ctx context.Context, d stripeapi.Dated[T]) error
+	apply      func(ctx context.Context, id string, d stripeapi.Dated[T]) error
 }
 
 // compare goes through every object on either side. Where the first look
@@ -218,18 +224,19 @@ func compare[T, S any](ctx context.Context, v *verifier, stored map[string]S, li
 		if err != nil {
 			return err
 		}
-		for _, c := range diff {
-			var repair func(ctx context.Context) error
-			if fresh != nil && k.repairable(c) {
-				repair = func(ctx context.Context) error { return k.apply(ctx, *fresh) }
-			}
-			recheck := func(ctx context.Context) ([]Change, error) {
-				left, _, err := check(ctx)
-				return left, err
-			}
-			if err := v.found(ctx, c, repair, recheck); err != nil {
-				return err
-			}
+		if len(diff) == 0 {
+			continue
+		}
+		var repair func(ctx context.Context) error
+		if fresh != nil {
+			repair = func(ctx context.Context) error { return k.apply(ctx, id, *fresh) }
+		}
+		recheck := func(ctx context.Context) ([]Change, error) {
+			left, _, err := check(ctx)
+			return left, err
+		}
+		if err := v.found(ctx, diff, k.repairable, repair, recheck); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -293,7 +300,7 @@ func (v *verifier) subscriptions(ctx context.Context) error {
 		},
 		diff:       subscriptionDiff,
 		repairable: func(Change) bool { return true },
-		apply: func(ctx context.Context, d stripeapi.Dated[*stripeapi.Subscription]) error {
+		apply: func(ctx context.Context, _ string, d stripeapi.Dated[*stripeapi.Subscription]) error {
 			_, err := v.s.ApplySubscription(ctx, d, ApplyOptions{Writer: "verify"})
 			return err
 		},

@@ -139,8 +139,8 @@ func TestSyncBackfillsAnAccount(t *testing.T) {
 	}
 
 	out, code := b.cli(context.Background(), nil, "sync")
-	if code != 0 || !strings.Contains(out, "sync done: read 920, wrote 920") {
-		t.Fatalf("sync: exit %d, want 0 and 920 read and written (230 customers, 230 subscriptions, 460 invoices):\n%s", code, out)
+	if code != 0 || !strings.Contains(out, "sync done: read 1150, wrote 920") {
+		t.Fatalf("sync: exit %d, want 0, 1150 read (230 customers, 230 subscriptions, 460 invoices, 230 entitlement sets) and 920 written (the sets are empty):\n%s", code, out)
 	}
 	b.assertStoredEquals(a)
 	if code, v := b.userBilling(user); code != 200 || len(v.Subscriptions) != 1 || len(v.Invoices) != 2 {
@@ -151,7 +151,7 @@ func TestSyncBackfillsAnAccount(t *testing.T) {
 	}
 
 	out, code = b.cli(context.Background(), nil, "sync")
-	if code != 0 || !strings.Contains(out, "read 920, wrote 0,") {
+	if code != 0 || !strings.Contains(out, "read 1150, wrote 0,") {
 		t.Fatalf("second sync: exit %d, want 0 with nothing written:\n%s", code, out)
 	}
 }
@@ -184,13 +184,23 @@ func TestSyncDryRunCustomerAndSince(t *testing.T) {
 		t.Fatalf("sync --customer: exit %d, want one customer's rows only:\n%s", code, out)
 	}
 
-	// The newest three customers were created in the last 13 minutes.
+	// The newest three customers were created in the last 13 minutes, the
+	// third exactly 13 minutes before the seeding: in or out depending on
+	// the second the sync starts. Those well inside are stored, those well
+	// before are not (but the one synced above).
+	cut := time.Now().Add(-13 * time.Minute)
 	out, code = b.cli(context.Background(), nil, "sync", "--since", "13m")
 	if code != 0 {
 		t.Fatalf("sync --since: exit %d:\n%s", code, out)
 	}
-	if n := b.count(`SELECT count(*) FROM stripe_customers`); n < 3 || n >= 12 {
-		t.Fatalf("sync --since 13m stored %d customers, want the few created since (and the one before)", n)
+	for id, c := range a.customers {
+		stored := b.count(`SELECT count(*) FROM stripe_customers WHERE stripe_customer_id = $1`, id) == 1
+		switch {
+		case c.Created.After(cut.Add(30*time.Second)) && !stored:
+			t.Fatalf("sync --since 13m did not store %s, created %s ago", id, time.Since(c.Created).Round(time.Second))
+		case c.Created.Before(cut.Add(-30*time.Second)) && stored && id != one.ID:
+			t.Fatalf("sync --since 13m stored %s, created %s ago", id, time.Since(c.Created).Round(time.Second))
+		}
 	}
 
 	for _, cmd := range []string{"sync", "verify", "sweep"} {
@@ -244,9 +254,11 @@ func TestSyncResumesAfterInterrupt(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "continued an interrupted run") {
 		t.Fatalf("second sync: exit %d, want 0 and a resumed run:\n%s", code, out)
 	}
-	// A fresh full sync reads 3 + 3 + 5 pages; the resumed one fewer.
-	if n := b.stripe.Requests() - before; n >= 11 {
-		t.Fatalf("the resumed sync made %d requests, want fewer than a full run's 11", n)
+	// A fresh full sync reads 1 + 1 + 3 + 3 + 5 pages (products, prices,
+	// customers, subscriptions, invoices) and 250 entitlement sets; the
+	// resumed one fewer.
+	if n := b.stripe.Requests() - before; n >= 263 {
+		t.Fatalf("the resumed sync made %d requests, want fewer than a full run's 263", n)
 	}
 	b.assertStoredEquals(a)
 }
