@@ -92,12 +92,24 @@ func (st *syncState) entitlements(ctx context.Context) error {
 	}
 }
 
+// mayHaveEntitlements is the condition on stripe_customers c under which a
+// whole-account sync or verify reads a customer's active entitlements from
+// Stripe (one read per customer, the slowest part of a sync): Stripe grants
+// entitlements through subscriptions, so a customer with no subscription
+// that can still grant access, and no entitlements stored, has none to
+// read. A customer named with --customer is always read.
+const mayHaveEntitlements = `(EXISTS (SELECT 1 FROM stripe_subscriptions s
+        WHERE s.stripe_customer_id = c.stripe_customer_id AND s.status NOT IN ('canceled', 'incomplete_expired'))
+     OR EXISTS (SELECT 1 FROM stripe_entitlements e WHERE e.stripe_customer_id = c.stripe_customer_id))`
+
 // storedCustomerIDs is a page of the stored customers (not deleted) after
-// the id after, in id order: one, or all when customerID is "".
+// the id after, in id order: one, or all that may have entitlements when
+// customerID is "".
 func (s *Service) storedCustomerIDs(ctx context.Context, customerID, after string, limit int) ([]string, error) {
-	rows, err := s.db.Query(ctx, `SELECT stripe_customer_id FROM stripe_customers
-WHERE NOT deleted AND ($1 = '' OR stripe_customer_id = $1) AND stripe_customer_id > $2
-ORDER BY stripe_customer_id LIMIT $3`, customerID, after, limit)
+	rows, err := s.db.Query(ctx, `SELECT c.stripe_customer_id FROM stripe_customers c
+WHERE NOT c.deleted AND ($1 = '' OR c.stripe_customer_id = $1) AND c.stripe_customer_id > $2
+  AND ($1 <> '' OR `+mayHaveEntitlements+`)
+ORDER BY c.stripe_customer_id LIMIT $3`, customerID, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read stored customers: %w", err)
 	}
@@ -380,7 +392,8 @@ func (s *Service) storedEntitlementSets(ctx context.Context, customerID string) 
 	rows, err := s.db.Query(ctx, `SELECT c.stripe_customer_id, c.entitlements_time,
     e.stripe_feature_id, e.lookup_key, e.stripe_entitlement_id
 FROM stripe_customers c LEFT JOIN stripe_entitlements e ON e.stripe_customer_id = c.stripe_customer_id
-WHERE NOT c.deleted AND ($1 = '' OR c.stripe_customer_id = $1)`, customerID)
+WHERE NOT c.deleted AND ($1 = '' OR c.stripe_customer_id = $1)
+  AND ($1 <> '' OR `+mayHaveEntitlements+`)`, customerID)
 	if err != nil {
 		return nil, fmt.Errorf("read stored entitlements: %w", err)
 	}
