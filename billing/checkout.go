@@ -61,6 +61,7 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	// incomplete, and the paywall's answer must say "confirm the payment",
 	// not "subscribe". The webhook stores the same session the same way.
 	sub := sess.Subscription
+	s.noteUnknownStatus(ctx, sub)
 	if sub != nil && sub.CustomerID != sess.CustomerID {
 		sub = nil // never write across customers under one lock
 	}

@@ -193,6 +193,11 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 	case st == StatusProcessed || st == StatusIgnored:
 		return EventResult{Outcome: Duplicate}, nil
 	}
+	// A status Stripe added later is stored as Stripe names it, and counted.
+	s.noteUnknownStatus(ctx, act.sub)
+	if act.session != nil {
+		s.noteUnknownStatus(ctx, act.session.Subscription)
+	}
 
 	if act.summary != nil {
 		return s.processEntitlementsEvent(ctx, ev, act, writer)
