@@ -90,12 +90,11 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 }
 
 // writeCheckout is the success call's transaction, in tx holding the
-// customer's lock: the customer row, the user's mapping and snap (the
-// session's subscription, or nil), in two round trips at most: the
-// customer row, the mapping read and the subscription, behind BEGIN and
-// the lock; then the mapping writes the rules decide, if any. A refusal
-// rolls everything back. It fills res's mapping and subscription, and
-// returns the subscription's price when lockstep has not stored its
+// customer's lock, in two round trips at most: the customer row, the
+// mapping read and snap (the session's subscription, or nil), behind BEGIN
+// and the lock; then the mapping writes the rules decide, if any. A
+// refusal rolls everything back. It fills res's mapping and subscription,
+// and returns the subscription's price when lockstep has not stored its
 // catalog yet.
 func (s *Service) writeCheckout(ctx context.Context, tx *lockmgr.Tx, sess *stripeapi.CheckoutSession, userID string, snap *snapshot, res *CheckoutResult) (missingPrice string, err error) {
 	res.Mapping, res.Subscription = "", nil
