@@ -102,3 +102,20 @@ func Down(databaseURL string, n int) error {
 	}
 	return closeMigrate(m, err)
 }
+
+// Version reports the database's schema version and whether a failed
+// migration left it dirty. A database never migrated is version 0.
+func Version(databaseURL string) (version uint, dirty bool, err error) {
+	m, err := newMigrate(databaseURL)
+	if err != nil {
+		return 0, false, err
+	}
+	version, dirty, err = m.Version()
+	if errors.Is(err, migrate.ErrNilVersion) {
+		version, dirty, err = 0, false, nil
+	}
+	if err != nil {
+		err = fmt.Errorf("migrate version: %w", err)
+	}
+	return version, dirty, closeMigrate(m, err)
+}

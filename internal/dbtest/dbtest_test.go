@@ -44,10 +44,9 @@ func TestNewGivesMigratedDatabaseAndDropsIt(t *testing.T) {
 			t.Error("table stripe_events does not exist")
 		}
 
-		var version uint
-		var dirty bool
-		if err := db.Pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations`).Scan(&version, &dirty); err != nil {
-			t.Fatalf("schema_migrations: %v", err)
+		version, dirty, err := sql.Version(db.URL)
+		if err != nil {
+			t.Fatalf("sql.Version: %v", err)
 		}
 		if version != sql.Latest || dirty {
 			t.Errorf("schema version = %d (dirty %v), want %d (clean)", version, dirty, sql.Latest)
