@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/lockstep/lockstep/internal/dbtest"
 )
 
@@ -70,14 +72,9 @@ VALUES ('evt_old', 'invoice.paid', now() - interval '40 days', 'processed', '{}'
 	if !strings.Contains(logs.String(), "ledger pruned") || !strings.Contains(logs.String(), "processed=1") {
 		t.Errorf("log: %s", logs.String())
 	}
-	var ids []string
 	rows, _ := db.Pool.Query(ctx, `SELECT event_id FROM stripe_events`)
-	for rows.Next() {
-		var id string
-		_ = rows.Scan(&id)
-		ids = append(ids, id)
-	}
-	if rows.Err() != nil || len(ids) != 1 || ids[0] != "evt_new" {
-		t.Errorf("left %v (%v), want [evt_new]", ids, rows.Err())
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(ids) != 1 || ids[0] != "evt_new" {
+		t.Errorf("left %v (%v), want [evt_new]", ids, err)
 	}
 }

@@ -1,12 +1,10 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,24 +12,6 @@ import (
 	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 )
-
-// lockedBuffer is a bytes.Buffer serve may write to while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // Every command that prints the configuration, a URL or an error that may
 // quote one is run with a database password in each shape libpq and pgx
@@ -104,7 +84,7 @@ func TestNoCommandPrintsTheDatabasePassword(t *testing.T) {
 // serves, or after a few seconds.
 func runCommand(t *testing.T, args []string, env map[string]string) string {
 	t.Helper()
-	var out lockedBuffer
+	var out dbtest.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e := app.Env{Getenv: func(k string) string { return env[k] }, Stdout: &out, Stderr: &out}

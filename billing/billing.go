@@ -73,7 +73,12 @@ type Stripe interface {
 	ActiveEntitlements(ctx context.Context, customerID string) ([]stripeapi.Entitlement, time.Time, error)
 }
 
-// Service applies webhooks and checkout-success calls.
+// Service is lockstep's billing state and every writer of it: webhook
+// events (ProcessEvent, and Replay from the ledger), the success page's
+// call (SyncCheckout), the paywall's access read (Access), and, through
+// Bulk, the bulk writers (Sync, Verify with repair, and Sweep, storing
+// what they read through the Apply* functions). All of them write by the
+// same rules, a customer's state under the customer's lock.
 type Service struct {
 	locks  *lockmgr.Manager
 	db     *pgxpool.Pool

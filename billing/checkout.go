@@ -61,62 +61,25 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	// incomplete, and the paywall's answer must say "confirm the payment",
 	// not "subscribe". The webhook stores the same session the same way.
 	sub := sess.Subscription
+	s.noteUnknownStatus(ctx, sub)
 	if sub != nil && sub.CustomerID != sess.CustomerID {
 		sub = nil // never write across customers under one lock
 	}
-	// Two round trips under the lock at most: the customer row, the
-	// mapping read and the subscription, behind BEGIN and the lock; then the
-	// mapping writes the rules decide, if any. A refusal rolls everything
-	// back.
 	// Two snapshots of the same second (this read and an event's) settle
 	// from the API, outside the lock.
 	var missingPrice string
 	err = s.settleTies(ctx, func(fresh *snapshot) error {
+		var snap *snapshot
+		switch {
+		case fresh != nil:
+			snap = fresh
+		case sub != nil:
+			snap = &snapshot{sub: sub, at: fetchedAt, source: "api"}
+		}
 		return s.locks.InCustomerTx(ctx, sess.CustomerID, lockmgr.Who{Writer: "checkout", Ref: sess.ID}, func(ctx context.Context, tx *lockmgr.Tx) error {
-			res.Mapping, res.Subscription = "", nil
-			b := &pgx.Batch{}
-			queueEnsureCustomer(b, sess.CustomerID)
-			found := queueReadLink(b, sess.CustomerID, userID)
-			var sw *subscriptionWrite
-			switch {
-			case fresh != nil:
-				sw = queueApplySubscription(b, *fresh)
-			case sub != nil:
-				sw = queueApplySubscription(b, snapshot{sub: sub, at: fetchedAt, source: "api"})
-			}
-			if err := tx.SendBatch(ctx, b); err != nil {
-				return err
-			}
-			if sw != nil {
-				if err := sw.settle(ctx, tx); err != nil {
-					return err
-				}
-				if sw.tie != nil {
-					return sw.tie
-				}
-				missingPrice = ""
-				if sw.missingCatalog {
-					missingPrice = sw.view.PriceID
-				}
-			}
-			link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
-			if err != nil {
-				return err
-			}
-			if len(writes) > 0 {
-				b := &pgx.Batch{}
-				queueLinkWrites(b, writes)
-				if err := tx.SendBatch(ctx, b); err != nil {
-					return err
-				}
-			}
-			res.Mapping = link
-			// A superseded customer is not the user's: nothing to show.
-			if sw != nil && link != LinkSuperseded {
-				v := sw.view
-				res.Subscription = &v
-			}
-			return nil
+			var err error
+			missingPrice, err = s.writeCheckout(ctx, tx, sess, userID, snap, res)
+			return err
 		})
 	})
 	if err != nil {
@@ -124,4 +87,54 @@ func (s *Service) SyncCheckout(ctx context.Context, sessionID, userID string) (*
 	}
 	s.fillCatalog(ctx, missingPrice) // the plan's name, read after the commit; never fails the call
 	return res, nil
+}
+
+// writeCheckout is the success call's transaction, in tx holding the
+// customer's lock, in two round trips at most: the customer row, the
+// mapping read and snap (the session's subscription, or nil), behind BEGIN
+// and the lock; then the mapping writes the rules decide, if any. A
+// refusal rolls everything back. It fills res's mapping and subscription,
+// and returns the subscription's price when lockstep has not stored its
+// catalog yet.
+func (s *Service) writeCheckout(ctx context.Context, tx *lockmgr.Tx, sess *stripeapi.CheckoutSession, userID string, snap *snapshot, res *CheckoutResult) (missingPrice string, err error) {
+	res.Mapping, res.Subscription = "", nil
+	b := &pgx.Batch{}
+	queueEnsureCustomer(b, sess.CustomerID)
+	found := queueReadLink(b, sess.CustomerID, userID)
+	var sw *subscriptionWrite
+	if snap != nil {
+		sw = queueApplySubscription(b, *snap)
+	}
+	if err := tx.SendBatch(ctx, b); err != nil {
+		return "", err
+	}
+	if sw != nil {
+		if err := sw.settle(ctx, tx); err != nil {
+			return "", err
+		}
+		if sw.tie != nil {
+			return "", sw.tie
+		}
+		if sw.missingCatalog {
+			missingPrice = sw.view.PriceID
+		}
+	}
+	link, writes, err := decideLink(sess.CustomerID, userID, sess.Created, authoritativeLink, *found)
+	if err != nil {
+		return "", err
+	}
+	if len(writes) > 0 {
+		b := &pgx.Batch{}
+		queueLinkWrites(b, writes)
+		if err := tx.SendBatch(ctx, b); err != nil {
+			return "", err
+		}
+	}
+	res.Mapping = link
+	// A superseded customer is not the user's: nothing to show.
+	if sw != nil && link != LinkSuperseded {
+		v := sw.view
+		res.Subscription = &v
+	}
+	return missingPrice, nil
 }

@@ -118,18 +118,17 @@ func writeEntitlements(ctx context.Context, tx *lockmgr.Tx, customerID string, s
 	b.Queue(`SELECT stripe_feature_id, lookup_key, coalesce(stripe_entitlement_id, '')
 FROM stripe_entitlements WHERE stripe_customer_id = $1`, customerID).Fn = func(br pgx.BatchResults) error {
 		rows, err := br.Query()
+		if err == nil {
+			var e stripeapi.Entitlement
+			_, err = pgx.ForEachRow(rows, []any{&e.FeatureID, &e.LookupKey, &e.ID}, func() error {
+				stored[e.FeatureID] = e
+				return nil
+			})
+		}
 		if err != nil {
 			return fmt.Errorf("read entitlements of %s: %w", customerID, err)
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var e stripeapi.Entitlement
-			if err := rows.Scan(&e.FeatureID, &e.LookupKey, &e.ID); err != nil {
-				return fmt.Errorf("read entitlements of %s: %w", customerID, err)
-			}
-			stored[e.FeatureID] = e
-		}
-		return rows.Err()
+		return nil
 	}
 	if err := tx.SendBatch(ctx, b); err != nil {
 		return nil, err

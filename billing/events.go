@@ -137,17 +137,13 @@ ORDER BY stripe_created, event_id LIMIT $2`
 	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
-	defer rows.Close()
-	out := []EventRecord{}
-	for rows.Next() {
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (EventRecord, error) {
 		var e EventRecord
-		if err := rows.Scan(&e.EventID, &e.Type, &e.CustomerID, &e.Status, &e.Attempts, &e.LastError,
-			&e.StripeCreated, &e.ReceivedAt, &e.ProcessedAt); err != nil {
-			return nil, fmt.Errorf("list events: %w", err)
-		}
-		out = append(out, e)
-	}
-	if err := rows.Err(); err != nil {
+		err := r.Scan(&e.EventID, &e.Type, &e.CustomerID, &e.Status, &e.Attempts, &e.LastError,
+			&e.StripeCreated, &e.ReceivedAt, &e.ProcessedAt)
+		return e, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list events: %w", err)
 	}
 	return out, nil
@@ -159,15 +155,11 @@ func (s *Service) LedgerCounts(ctx context.Context) (map[string]int64, error) {
 	if err != nil {
 		return nil, fmt.Errorf("count events: %w", err)
 	}
-	defer rows.Close()
 	out := map[string]int64{StatusProcessed: 0, StatusFailed: 0, StatusIgnored: 0}
-	for rows.Next() {
-		var st string
-		var n int64
-		if err := rows.Scan(&st, &n); err != nil {
-			return nil, fmt.Errorf("count events: %w", err)
-		}
-		out[st] = n
+	var st string
+	var n int64
+	if _, err := pgx.ForEachRow(rows, []any{&st, &n}, func() error { out[st] = n; return nil }); err != nil {
+		return nil, fmt.Errorf("count events: %w", err)
 	}
-	return out, rows.Err()
+	return out, nil
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/internal/dbtest"
 )
@@ -32,14 +33,10 @@ func ledgerIDs(t *testing.T, db *dbtest.DB) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
 	out := map[string]string{}
-	for rows.Next() {
-		var id, st string
-		if err := rows.Scan(&id, &st); err != nil {
-			t.Fatal(err)
-		}
-		out[id] = st
+	var id, st string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &st}, func() error { out[id] = st; return nil }); err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
@@ -160,17 +157,11 @@ func TestPruneBatchUsesIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	plan := ""
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan += line + "\n"
-	}
-	if err := rows.Err(); err != nil {
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		t.Fatal(err)
 	}
+	plan := strings.Join(lines, "\n")
 	if !strings.Contains(plan, "stripe_events_prune_idx") {
 		t.Errorf("the batch does not use stripe_events_prune_idx:\n%s", plan)
 	}

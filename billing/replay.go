@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/lockstep/lockstep/stripeapi"
 )
 
@@ -45,17 +47,8 @@ func (s *Service) ReplayFailed(ctx context.Context) ([]ReplayResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list failed events: %w", err)
 	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("list failed events: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		return nil, fmt.Errorf("list failed events: %w", err)
 	}
 	out := make([]ReplayResult, 0, len(ids))

@@ -193,6 +193,11 @@ func (s *Service) processEvent(ctx context.Context, ev *stripeapi.Event, writer 
 	case st == StatusProcessed || st == StatusIgnored:
 		return EventResult{Outcome: Duplicate}, nil
 	}
+	// A status Stripe added later is stored as Stripe names it, and counted.
+	s.noteUnknownStatus(ctx, act.sub)
+	if act.session != nil {
+		s.noteUnknownStatus(ctx, act.session.Subscription)
+	}
 
 	if act.summary != nil {
 		return s.processEntitlementsEvent(ctx, ev, act, writer)
@@ -285,7 +290,7 @@ func (s *Service) apply(ctx context.Context, tx *lockmgr.Tx, ev *stripeapi.Event
 	case 1:
 		found = queueReadLink(b, act.customerID, users[0])
 	default:
-		note = "mapping refused: the object names two different users"
+		note = noteTwoUsers
 	}
 	deleted := act.customer != nil && (ev.Type == "customer.deleted" || act.customer.Deleted)
 	if found == nil {
@@ -344,20 +349,38 @@ func (a *action) claimedUsers() ([]string, time.Time) {
 	return nil, time.Time{}
 }
 
-// webhookLink decides a mapping named by an event: only when nobody is
-// mapped yet. A webhook never re-points a mapping: a refusal is a note, not
-// an error, so Stripe does not retry what can never succeed.
-func (s *Service) webhookLink(ctx context.Context, ev *stripeapi.Event, customerID, userID string, at time.Time, found []linkRow) (string, []linkWrite, error) {
+// The notes a refused mapping leaves: in the event's ledger row for a
+// webhook, in the output of a sync or verify --repair (ApplyCustomer).
+const (
+	noteCustomerClaimed = "mapping refused: customer is mapped to another user"
+	noteUserMapped      = "mapping refused: user is mapped to another customer (the checkout-success call re-points)"
+	noteTwoUsers        = "mapping refused: the object names two different users"
+)
+
+// decideNamedLink decides a mapping Stripe's object names (an event's, or
+// a customer read by sync): only when nobody is mapped yet. It never
+// re-points a mapping: a refusal is a note, not an error, so that nothing
+// retries what can never succeed.
+func decideNamedLink(customerID, userID string, at time.Time, found []linkRow) (note string, writes []linkWrite, err error) {
 	res, writes, err := decideLink(customerID, userID, at, webhookLink, found)
 	switch {
 	case errors.Is(err, ErrCustomerClaimed):
-		s.log.WarnContext(ctx, "webhook names another user for a mapped customer; mapping kept",
-			slog.String("event_id", ev.ID), slog.String("customer", customerID))
-		return "mapping refused: customer is mapped to another user", nil, nil
+		return noteCustomerClaimed, nil, nil
 	case err != nil:
 		return "", nil, err
 	case res == LinkRefused:
-		return "mapping refused: user is mapped to another customer (the checkout-success call re-points)", nil, nil
+		return noteUserMapped, nil, nil
 	}
 	return "", writes, nil
+}
+
+// webhookLink is decideNamedLink for an event, warning when the event
+// names another user for a mapped customer.
+func (s *Service) webhookLink(ctx context.Context, ev *stripeapi.Event, customerID, userID string, at time.Time, found []linkRow) (string, []linkWrite, error) {
+	note, writes, err := decideNamedLink(customerID, userID, at, found)
+	if note == noteCustomerClaimed {
+		s.log.WarnContext(ctx, "webhook names another user for a mapped customer; mapping kept",
+			slog.String("event_id", ev.ID), slog.String("customer", customerID))
+	}
+	return note, writes, err
 }

@@ -25,7 +25,7 @@ func TestReadyzDatabaseDown(t *testing.T) {
 	must200(t, "healthz", b.api(http.MethodGet, "/healthz", "", nil))
 
 	// The database goes "down": it refuses connections and loses its sessions.
-	admin := sideConn(t, ctx, dbtest.ServerURL(t))
+	admin := dbtest.Conn(t, ctx, dbtest.ServerURL(t))
 	dbName := pgx.Identifier{b.db.Name}.Sanitize()
 	if _, err := admin.Exec(ctx, `ALTER DATABASE `+dbName+` ALLOW_CONNECTIONS false`); err != nil {
 		t.Fatalf("refuse connections: %v", err)

@@ -17,25 +17,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/lockstep/lockstep/internal/dbtest"
-	"github.com/lockstep/lockstep/internal/stripefake"
 	"github.com/lockstep/lockstep/lockmgr"
 )
-
-// customerWithKeySign returns a fresh customer id whose hashtext has the wanted sign.
-func customerWithKeySign(t *testing.T, ctx context.Context, conn *pgx.Conn, negative bool) (id string, key int64) {
-	t.Helper()
-	for range 200 {
-		id := stripefake.NewID("cus_")
-		if err := conn.QueryRow(ctx, `SELECT hashtext($1)`, id).Scan(&key); err != nil {
-			t.Fatalf("hashtext: %v", err)
-		}
-		if (key < 0) == negative {
-			return id, key
-		}
-	}
-	t.Fatal("no customer id with the wanted hashtext sign in 200 tries")
-	return "", 0
-}
 
 type locksDoc struct {
 	Locks []lockmgr.LockInfo `json:"locks"`
@@ -82,15 +65,15 @@ func TestLocksViewAdminAndCommand(t *testing.T) {
 	b := setup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	side := sideConn(t, ctx, b.db.URL)
-	neg, negKey := customerWithKeySign(t, ctx, side, true)
-	pos, posKey := customerWithKeySign(t, ctx, side, false)
+	side := dbtest.Conn(t, ctx, b.db.URL)
+	neg, negKey := dbtest.CustomerWithKeySign(t, ctx, side, true)
+	pos, posKey := dbtest.CustomerWithKeySign(t, ctx, side, false)
 	if _, err := b.db.Pool.Exec(ctx, `INSERT INTO stripe_customers (stripe_customer_id) VALUES ($1), ($2)`, neg, pos); err != nil {
 		t.Fatalf("insert customers: %v", err)
 	}
 
-	hconn := sideConn(t, ctx, b.db.URL)
-	holderPID := backendPID(t, ctx, hconn)
+	hconn := dbtest.Conn(t, ctx, b.db.URL)
+	holderPID := dbtest.BackendPID(t, ctx, hconn)
 	htx, err := hconn.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -101,8 +84,8 @@ func TestLocksViewAdminAndCommand(t *testing.T) {
 	}
 	releaseHolder := func() { _ = htx.Rollback(context.Background()) }
 
-	wconn := sideConn(t, ctx, b.db.URL)
-	waiterPID := backendPID(t, ctx, wconn)
+	wconn := dbtest.Conn(t, ctx, b.db.URL)
+	waiterPID := dbtest.BackendPID(t, ctx, wconn)
 	waited := make(chan error, 1)
 	finished := make(chan struct{})
 	go func() {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -249,14 +248,4 @@ func TestManyWebhooksOneCustomer(t *testing.T) {
 			t.Fatalf("round %d: processed events = %d, want %d", round, got, n)
 		}
 	}
-}
-
-// sortedKeys is for stable messages.
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

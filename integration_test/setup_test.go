@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/config"
@@ -60,22 +58,7 @@ func withRetryBudget(d time.Duration) option { return func(o *options) { o.retry
 func withMaxConns(n int32) option            { return func(o *options) { o.maxConns = n } }
 
 // syncBuffer collects the server's logs, for tests that read them.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = dbtest.SyncBuffer
 
 // setup starts lockstep on a fresh database with a fake Stripe.
 func setup(t testing.TB, opts ...option) *bundle {
@@ -303,47 +286,12 @@ func uniqueUser(prefix string) string {
 	return fmt.Sprintf("%s-%s", prefix, strings.ToLower(stripefake.NewID("u")))
 }
 
-// sideConn opens a side connection, closed when the test ends.
-func sideConn(t testing.TB, ctx context.Context, url string) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	return conn
-}
-
-// backendPID is the server process of conn.
-func backendPID(t testing.TB, ctx context.Context, conn *pgx.Conn) int32 {
-	t.Helper()
-	var pid int32
-	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-		t.Fatalf("backend pid: %v", err)
-	}
-	return pid
-}
-
 // holdLock takes customer's advisory lock in a transaction on a side
 // connection, as another writer (or a stuck session) would. release commits
 // it; it also runs when the test ends.
 func (b *bundle) holdLock(customer string) (pid int32, release func()) {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn := sideConn(b.t, ctx, b.db.URL)
-	pid = backendPID(b.t, ctx, conn)
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		b.t.Fatalf("begin: %v", err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT set_config('application_name', 'ops-test holder', true), pg_advisory_xact_lock(hashtext($1))`, customer); err != nil {
-		b.t.Fatalf("hold lock of %s: %v", customer, err)
-	}
-	var once sync.Once
-	release = func() { once.Do(func() { _ = tx.Commit(context.Background()) }) }
-	b.t.Cleanup(release)
-	return pid, release
+	return dbtest.HoldCustomerLock(b.t, b.db.URL, customer, "ops-test holder")
 }
 
 // failEvent sends ev while customer's lock is held elsewhere, on a bundle

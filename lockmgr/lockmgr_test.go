@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/lockmgr"
 )
@@ -30,33 +28,6 @@ func (o *countingObserver) Retried(_, sqlstate string) {
 		o.retries = map[string]int{}
 	}
 	o.retries[sqlstate]++
-}
-
-// lmHold takes customer's advisory lock in a transaction on a side
-// connection and returns the function that releases it.
-func lmHold(t *testing.T, url, customer string) (release func()) {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, customer); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			_ = tx.Rollback(ctx)
-			_ = conn.Close(ctx)
-		})
-	}
-	t.Cleanup(release)
-	return release
 }
 
 // lockWaiters counts the backends of pool's database waiting on an
@@ -89,7 +60,7 @@ func TestFaultQueueBoundsConnectionsPerCustomer(t *testing.T) {
 	obs := &countingObserver{}
 	m := lockmgr.New(pool, cfg, obs, nil)
 	const stuck, writers = "cus_queue_stuck", 12
-	release := lmHold(t, db.URL, stuck)
+	_, release := dbtest.HoldCustomerLock(t, db.URL, stuck, "lockmgr-test holder")
 
 	var maxWaiters, maxAcquired atomic.Int64
 	sampling, sampled := make(chan struct{}), make(chan struct{})
@@ -177,7 +148,7 @@ func TestFaultQueueRunsOneAtATime(t *testing.T) {
 	defer pool.Close()
 	m := lockmgr.New(pool, lockmgr.DefaultConfig(), nil, nil)
 	const customer, writers = "cus_queue_order", 20
-	release := lmHold(t, db.URL, customer)
+	_, release := dbtest.HoldCustomerLock(t, db.URL, customer, "lockmgr-test holder")
 	var inside, maxInside atomic.Int64
 	var mu sync.Mutex
 	var order []int
@@ -242,7 +213,7 @@ func TestFaultQueueContextCancel(t *testing.T) {
 	defer pool.Close()
 	m := lockmgr.New(pool, lockmgr.DefaultConfig(), nil, nil)
 	const customer = "cus_queue_cancel"
-	release := lmHold(t, db.URL, customer)
+	_, release := dbtest.HoldCustomerLock(t, db.URL, customer, "lockmgr-test holder")
 	var wg sync.WaitGroup
 	for range lockmgr.WritersPerCustomer { // fill the customer's places
 		wg.Add(1)

@@ -8,48 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/lockmgr"
 )
-
-// connect opens a side connection to db, closed when the test ends.
-func connect(t *testing.T, ctx context.Context, url string) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(ctx, url)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	return conn
-}
-
-func pidOf(t *testing.T, ctx context.Context, conn *pgx.Conn) int32 {
-	t.Helper()
-	var pid int32
-	if err := conn.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-		t.Fatalf("backend pid: %v", err)
-	}
-	return pid
-}
-
-// customerWithHash returns a customer id whose hashtext is negative (or not).
-func customerWithHash(t *testing.T, ctx context.Context, conn *pgx.Conn, negative bool) (string, int64) {
-	t.Helper()
-	for i := range 1000 {
-		id := fmt.Sprintf("cus_locks_%s_%d", t.Name(), i)
-		var h int64
-		if err := conn.QueryRow(ctx, `SELECT hashtext($1)`, id).Scan(&h); err != nil {
-			t.Fatalf("hashtext: %v", err)
-		}
-		if (h < 0) == negative {
-			return id, h
-		}
-	}
-	t.Fatal("no customer id with the wanted hash sign in 1000 tries")
-	return "", 0
-}
 
 func find(locks []lockmgr.LockInfo, pid int32, key int64) *lockmgr.LockInfo {
 	for i, l := range locks {
@@ -69,11 +30,11 @@ func TestLocksList(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	db := dbtest.New(t)
-	holder := connect(t, ctx, db.URL)
-	waiter := connect(t, ctx, db.URL)
+	holder := dbtest.Conn(t, ctx, db.URL)
+	waiter := dbtest.Conn(t, ctx, db.URL)
 
-	neg, negKey := customerWithHash(t, ctx, holder, true)
-	pos, posKey := customerWithHash(t, ctx, holder, false)
+	neg, negKey := dbtest.CustomerWithKeySign(t, ctx, holder, true)
+	pos, posKey := dbtest.CustomerWithKeySign(t, ctx, holder, false)
 	user := "user-" + t.Name()
 	var userKey int64
 	if err := holder.QueryRow(ctx, `SELECT hashtext($1)`, user).Scan(&userKey); err != nil {
@@ -82,7 +43,7 @@ func TestLocksList(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, `INSERT INTO stripe_customers (stripe_customer_id, user_id) VALUES ($1, $3), ($2, NULL)`, neg, pos, user); err != nil {
 		t.Fatalf("insert customers: %v", err)
 	}
-	holderPID, waiterPID := pidOf(t, ctx, holder), pidOf(t, ctx, waiter)
+	holderPID, waiterPID := dbtest.BackendPID(t, ctx, holder), dbtest.BackendPID(t, ctx, waiter)
 
 	tx, err := holder.Begin(ctx)
 	if err != nil {
@@ -180,11 +141,11 @@ func TestLocksApplicationName(t *testing.T) {
 	defer pool.Close()
 	m := lockmgr.New(pool, lockmgr.DefaultConfig(), nil, nil)
 
-	customer, key := customerWithHash(t, ctx, connect(t, ctx, db.URL), true)
+	customer, key := dbtest.CustomerWithKeySign(t, ctx, dbtest.Conn(t, ctx, db.URL), true)
 	if _, err := db.Pool.Exec(ctx, `INSERT INTO stripe_customers (stripe_customer_id) VALUES ($1)`, customer); err != nil {
 		t.Fatal(err)
 	}
-	holder := connect(t, ctx, db.URL)
+	holder := dbtest.Conn(t, ctx, db.URL)
 	tx, err := holder.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)

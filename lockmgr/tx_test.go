@@ -128,7 +128,7 @@ func TestTxFirstStatementWaitsForTheLock(t *testing.T) {
 	t.Parallel()
 	b := txSetup(t, lockmgr.DefaultConfig())
 	const customer = "cus_tx_wait"
-	release := lmHold(t, b.db.URL, customer)
+	_, release := dbtest.HoldCustomerLock(t, b.db.URL, customer, "lockmgr-test holder")
 	done := make(chan error, 1)
 	go func() {
 		done <- b.m.InCustomerTx(context.Background(), customer, lockmgr.Who{Writer: "webhook"}, func(ctx context.Context, tx *lockmgr.Tx) error {

@@ -279,33 +279,15 @@ func (s *Server) price(id string) (map[string]any, int, *stripeError) {
 	return PriceJSON(p), http.StatusOK, nil
 }
 
-// activeFilter reads a list's active=true|false filter: keep reports
-// whether an object passes it.
-func activeFilter(p listParams) (keep func(active bool) bool, apiErr *stripeError) {
-	switch p.one("active") {
-	case "":
-		return func(bool) bool { return true }, nil
-	case "true":
-		return func(a bool) bool { return a }, nil
-	case "false":
-		return func(a bool) bool { return !a }, nil
-	}
-	return nil, invalidParam("active", "", "Invalid boolean: %s", p.one("active"))
-}
-
-// listProducts answers GET /v1/products (active).
+// listProducts answers GET /v1/products, active and archived.
 func (s *Server) listProducts(q url.Values) (map[string]any, int, *stripeError) {
-	p, apiErr := parseList(q, "active")
-	if apiErr != nil {
-		return nil, http.StatusBadRequest, apiErr
-	}
-	active, apiErr := activeFilter(p)
+	p, apiErr := parseList(q)
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
 	ids, more, apiErr := p.page(&s.productOrder, "product", func(id string) bool {
 		pr := s.products[id]
-		return !pr.Deleted && p.createdIn(pr.Created.Unix()) && active(!pr.Inactive)
+		return !pr.Deleted && p.createdIn(pr.Created.Unix())
 	})
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
@@ -317,22 +299,15 @@ func (s *Server) listProducts(q url.Values) (map[string]any, int, *stripeError) 
 	return listJSON("/v1/products", more, data), http.StatusOK, nil
 }
 
-// listPrices answers GET /v1/prices (active, product, lookup_keys[]).
+// listPrices answers GET /v1/prices, active and archived.
 func (s *Server) listPrices(q url.Values) (map[string]any, int, *stripeError) {
-	p, apiErr := parseList(q, "active", "product", "lookup_keys")
+	p, apiErr := parseList(q)
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	active, apiErr := activeFilter(p)
-	if apiErr != nil {
-		return nil, http.StatusBadRequest, apiErr
-	}
-	product, keys := p.one("product"), p.other["lookup_keys"]
 	ids, more, apiErr := p.page(&s.priceOrder, "price", func(id string) bool {
 		pr := s.prices[id]
-		return !pr.Deleted && p.createdIn(pr.Created.Unix()) && active(!pr.Inactive) &&
-			(product == "" || pr.Product == product) &&
-			(len(keys) == 0 || pr.LookupKey != "" && slices.Contains(keys, pr.LookupKey))
+		return !pr.Deleted && p.createdIn(pr.Created.Unix())
 	})
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
@@ -353,10 +328,7 @@ func (s *Server) listActiveEntitlements(q url.Values) (map[string]any, int, *str
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	switch {
-	case p.endingBefore != "":
-		return nil, http.StatusBadRequest, unknownParam("ending_before") // not modelled
-	case p.createdMin != math.MinInt64 || p.createdMax != math.MaxInt64:
+	if p.createdMin != math.MinInt64 {
 		return nil, http.StatusBadRequest, unknownParam("created")
 	}
 	customer := p.one("customer")

@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
-	"regexp"
-	"strings"
 	"time"
 )
 
@@ -116,31 +114,24 @@ func (s *Server) getEvent(id string) (json.RawMessage, int, *stripeError) {
 	return ev.payload, http.StatusOK, nil
 }
 
-// listEvents answers GET /v1/events: created filters, type (a name, or a
-// group with * as a wildcard: customer.subscription.*) or types[] (up to 20
-// names, not with type), the last 30 days only.
+// listEvents answers GET /v1/events: created[gte], types[] (up to 20
+// names), the last 30 days only.
 func (s *Server) listEvents(q url.Values) (map[string]any, int, *stripeError) {
-	p, apiErr := parseList(q, "type", "types")
+	p, apiErr := parseList(q, "types")
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	typ, types := p.one("type"), p.other["types"]
-	if _, ok := p.other["type"]; ok && len(types) > 0 {
-		return nil, http.StatusBadRequest, invalidParam("types", "", "You may pass either `type` or `types`, but not both.")
-	}
+	types := p.other["types"]
 	if len(types) > maxEventTypes {
 		return nil, http.StatusBadRequest, invalidParam("types", "", "You may pass at most %d types.", maxEventTypes)
 	}
 	match := func(string) bool { return true }
-	switch {
-	case len(types) > 0:
+	if len(types) > 0 {
 		want := map[string]bool{}
 		for _, t := range types {
 			want[t] = true
 		}
 		match = func(t string) bool { return want[t] }
-	case typ != "":
-		match = typeMatcher(typ)
 	}
 	since := s.retainedSince()
 	ids, more, apiErr := p.page(&s.eventOrder, "event", func(id string) bool {
@@ -155,14 +146,4 @@ func (s *Server) listEvents(q url.Values) (map[string]any, int, *stripeError) {
 		data[i] = s.events[id].payload
 	}
 	return listJSON("/v1/events", more, data), http.StatusOK, nil
-}
-
-// typeMatcher matches event types against pattern, where * stands for any
-// run of characters.
-func typeMatcher(pattern string) func(string) bool {
-	if !strings.Contains(pattern, "*") {
-		return func(t string) bool { return t == pattern }
-	}
-	re := regexp.MustCompile("^" + strings.ReplaceAll(regexp.QuoteMeta(pattern), `\*`, ".*") + "$")
-	return re.MatchString
 }

@@ -16,10 +16,10 @@ import (
 // Lists answer in Stripe's shape, {"object":"list","url","has_more","data"},
 // newest first: created descending, objects created in the same second in
 // the reverse order of their first Put. A page is chosen by limit (1-100,
-// default 10) and at most one of starting_after and ending_before, both ids
-// of an object of the listed kind; created=t and created[gt|gte|lt|lte]=t
-// filter on created. A parameter the fake does not implement is answered as
-// Stripe answers an unknown one (400), so a filter is never silently ignored.
+// default 10) and starting_after, the id of an object of the listed kind;
+// created[gte]=t filters on created. Only what lockstep's client sends is
+// implemented: any other parameter is answered as Stripe answers an unknown
+// one (400), so a filter is never silently ignored.
 
 const (
 	defaultLimit = 10
@@ -87,9 +87,7 @@ func (o *ordering) list() ([]string, map[string]int) {
 type listParams struct {
 	limit         int
 	startingAfter string
-	endingBefore  string
 	createdMin    int64 // inclusive
-	createdMax    int64 // inclusive
 	// other holds the endpoint's own parameters by name, the values of an
 	// array parameter (types[]=a, types[0]=a) gathered under its bare name.
 	other map[string][]string
@@ -103,7 +101,6 @@ func parseList(q url.Values, own ...string) (listParams, *stripeError) {
 	p := listParams{
 		limit:      defaultLimit,
 		createdMin: math.MinInt64,
-		createdMax: math.MaxInt64,
 		other:      map[string][]string{},
 	}
 	keys := make([]string, 0, len(q))
@@ -133,38 +130,16 @@ func parseList(q url.Values, own ...string) (listParams, *stripeError) {
 			p.limit = n
 		case key == "starting_after":
 			p.startingAfter = last
-		case key == "ending_before":
-			p.endingBefore = last
-		case key == "created" || strings.HasPrefix(key, "created["):
+		case key == "created[gte]":
 			t, err := strconv.ParseInt(last, 10, 64)
 			if err != nil {
 				return p, invalidParam(key, "parameter_invalid_integer", "Invalid integer: %s", last)
 			}
-			switch key {
-			case "created":
-				p.createdMin, p.createdMax = max(p.createdMin, t), min(p.createdMax, t)
-			case "created[gte]":
-				p.createdMin = max(p.createdMin, t)
-			case "created[gt]":
-				p.createdMin = max(p.createdMin, t+1)
-			case "created[lte]":
-				p.createdMax = min(p.createdMax, t)
-			case "created[lt]":
-				p.createdMax = min(p.createdMax, t-1)
-			default:
-				return p, unknownParam(key)
-			}
+			p.createdMin = t
 		case slices.Contains(own, name):
 			p.other[name] = append(p.other[name], vals...)
 		default:
 			return p, unknownParam(key)
-		}
-	}
-	if p.startingAfter != "" && p.endingBefore != "" {
-		return p, &stripeError{
-			Type:    "invalid_request_error",
-			Message: "You may only specify one of these parameters: ending_before, starting_after.",
-			Param:   "ending_before",
 		}
 	}
 	return p, nil
@@ -181,34 +156,25 @@ func (p listParams) one(name string) string {
 
 // createdIn reports whether created (Unix seconds) passes the created filter.
 func (p listParams) createdIn(created int64) bool {
-	return created >= p.createdMin && created <= p.createdMax
+	return created >= p.createdMin
 }
 
 // page walks o from the cursor and returns the first limit ids that keep
 // accepts, in list order, and whether another accepted id lies beyond them.
-// With ending_before it walks towards the newest and the page is the limit
-// accepted ids just before the cursor. object names the kind in the error for
-// an unknown cursor.
+// object names the kind in the error for an unknown cursor.
 func (p listParams) page(o *ordering, object string, keep func(id string) bool) ([]string, bool, *stripeError) {
 	ids, pos := o.list()
-	start, step := 0, 1
-	switch {
-	case p.startingAfter != "":
+	start := 0
+	if p.startingAfter != "" {
 		i, ok := pos[p.startingAfter]
 		if !ok {
 			return nil, false, noSuchCursor(object, p.startingAfter, "starting_after")
 		}
 		start = i + 1
-	case p.endingBefore != "":
-		i, ok := pos[p.endingBefore]
-		if !ok {
-			return nil, false, noSuchCursor(object, p.endingBefore, "ending_before")
-		}
-		start, step = i-1, -1
 	}
 	out := make([]string, 0, min(p.limit, len(ids)))
 	more := false
-	for i := start; i >= 0 && i < len(ids); i += step {
+	for i := start; i < len(ids); i++ {
 		if !keep(ids[i]) {
 			continue
 		}
@@ -217,9 +183,6 @@ func (p listParams) page(o *ordering, object string, keep func(id string) bool) 
 			break
 		}
 		out = append(out, ids[i])
-	}
-	if step < 0 {
-		slices.Reverse(out)
 	}
 	return out, more, nil
 }
@@ -234,30 +197,18 @@ func listJSON(url string, more bool, data any) map[string]any {
 	}
 }
 
-// dataExpansions turns a list's expand[]=data.x into x for its objects.
-func dataExpansions(expand map[string]bool) map[string]bool {
-	out := map[string]bool{}
-	for e := range expand {
-		if rest, ok := strings.CutPrefix(e, "data."); ok {
-			out[rest] = true
-		}
-	}
-	return out
-}
-
 // The list handlers below run with s.mu held.
 
-// listCustomers answers GET /v1/customers (email filters exactly, as
-// Stripe's case-sensitive filter does). Deleted customers are not listed.
+// listCustomers answers GET /v1/customers. Deleted customers are not
+// listed.
 func (s *Server) listCustomers(q url.Values) (map[string]any, int, *stripeError) {
-	p, apiErr := parseList(q, "email")
+	p, apiErr := parseList(q)
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	email, byEmail := p.other["email"]
 	ids, more, apiErr := p.page(&s.customerOrder, "customer", func(id string) bool {
 		c := s.customers[id]
-		return !c.Deleted && p.createdIn(c.Created.Unix()) && (!byEmail || c.Email == email[len(email)-1])
+		return !c.Deleted && p.createdIn(c.Created.Unix())
 	})
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
@@ -291,10 +242,10 @@ func subscriptionListed(filter, status string) bool {
 	}
 }
 
-// listSubscriptions answers GET /v1/subscriptions (customer, price, status),
-// each subscription in apiVersion's shape, expand[]=data.customer honoured.
-func (s *Server) listSubscriptions(q url.Values, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
-	p, apiErr := parseList(q, "customer", "price", "status")
+// listSubscriptions answers GET /v1/subscriptions (customer, status), each
+// subscription in apiVersion's shape.
+func (s *Server) listSubscriptions(q url.Values, apiVersion string) (map[string]any, int, *stripeError) {
+	p, apiErr := parseList(q, "customer", "status")
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
@@ -304,21 +255,19 @@ func (s *Server) listSubscriptions(q url.Values, expand map[string]bool, apiVers
 			"Invalid status: must be one of %s, or %s",
 			strings.Join(subscriptionStatuses[:len(subscriptionStatuses)-1], ", "), subscriptionStatuses[len(subscriptionStatuses)-1])
 	}
-	customer, price := p.one("customer"), p.one("price")
+	customer := p.one("customer")
 	ids, more, apiErr := p.page(&s.subscriptionOrder, "subscription", func(id string) bool {
 		sub := s.subscriptions[id]
 		return p.createdIn(sub.Created.Unix()) &&
 			subscriptionListed(status, orDefault(sub.Status, "active")) &&
-			(customer == "" || sub.Customer == customer) &&
-			(price == "" || subscriptionPrice(sub) == price)
+			(customer == "" || sub.Customer == customer)
 	})
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	expand = dataExpansions(expand)
 	data := make([]any, len(ids))
 	for i, id := range ids {
-		obj, status, apiErr := s.subscription(id, expand, apiVersion)
+		obj, status, apiErr := s.subscription(id, apiVersion)
 		if apiErr != nil {
 			return nil, status, apiErr
 		}
@@ -327,38 +276,24 @@ func (s *Server) listSubscriptions(q url.Values, expand map[string]bool, apiVers
 	return listJSON("/v1/subscriptions", more, data), http.StatusOK, nil
 }
 
-// invoiceStatuses are the values of the invoice list's status filter.
-var invoiceStatuses = []string{"draft", "open", "paid", "uncollectible", "void"}
-
-// listInvoices answers GET /v1/invoices (customer, subscription, status),
-// each invoice in apiVersion's shape, expand[]=data.customer and
-// data.subscription honoured.
-func (s *Server) listInvoices(q url.Values, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
-	p, apiErr := parseList(q, "customer", "subscription", "status")
+// listInvoices answers GET /v1/invoices (customer), each invoice in
+// apiVersion's shape.
+func (s *Server) listInvoices(q url.Values, apiVersion string) (map[string]any, int, *stripeError) {
+	p, apiErr := parseList(q, "customer")
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	status := p.one("status")
-	if status != "" && !slices.Contains(invoiceStatuses, status) {
-		return nil, http.StatusBadRequest, invalidParam("status", "",
-			"Invalid status: must be one of %s, or %s",
-			strings.Join(invoiceStatuses[:len(invoiceStatuses)-1], ", "), invoiceStatuses[len(invoiceStatuses)-1])
-	}
-	customer, subscription := p.one("customer"), p.one("subscription")
+	customer := p.one("customer")
 	ids, more, apiErr := p.page(&s.invoiceOrder, "invoice", func(id string) bool {
 		inv := s.invoices[id]
-		return p.createdIn(inv.Created.Unix()) &&
-			(status == "" || orDefault(inv.Status, "draft") == status) &&
-			(customer == "" || inv.Customer == customer) &&
-			(subscription == "" || inv.Subscription == subscription)
+		return p.createdIn(inv.Created.Unix()) && (customer == "" || inv.Customer == customer)
 	})
 	if apiErr != nil {
 		return nil, http.StatusBadRequest, apiErr
 	}
-	expand = dataExpansions(expand)
 	data := make([]any, len(ids))
 	for i, id := range ids {
-		obj, status, apiErr := s.invoice(id, expand, apiVersion)
+		obj, status, apiErr := s.invoice(id, apiVersion)
 		if apiErr != nil {
 			return nil, status, apiErr
 		}

@@ -131,9 +131,9 @@ func TestListPagination(t *testing.T) {
 	}
 }
 
-// ending_before answers the page just before the cursor, in list order, and
-// has_more says whether newer objects remain.
-func TestListEndingBefore(t *testing.T) {
+// starting_after answers the page just after the cursor, in list order, and
+// has_more says whether older objects remain.
+func TestListStartingAfter(t *testing.T) {
 	t.Parallel()
 	s := New(t)
 	for i := range 7 {
@@ -149,10 +149,6 @@ func TestListEndingBefore(t *testing.T) {
 		{"limit=2&starting_after=cus_5", []string{"cus_4", "cus_3"}, true},
 		{"limit=3&starting_after=cus_3", []string{"cus_2", "cus_1", "cus_0"}, false},
 		{"limit=2&starting_after=cus_0", []string{}, false},
-		{"limit=2&ending_before=cus_2", []string{"cus_4", "cus_3"}, true},
-		{"limit=2&ending_before=cus_4", []string{"cus_6", "cus_5"}, false},
-		{"limit=5&ending_before=cus_4", []string{"cus_6", "cus_5"}, false},
-		{"limit=2&ending_before=cus_6", []string{}, false},
 		{"", []string{"cus_6", "cus_5", "cus_4", "cus_3", "cus_2", "cus_1", "cus_0"}, false},
 	} {
 		ids, more := listIDs(t, s, "/v1/customers?"+tc.query, "")
@@ -201,8 +197,6 @@ func TestListCustomers(t *testing.T) {
 		want  []string
 	}{
 		{"", []string{"cus_b", "cus_a"}}, // deleted customers are not listed
-		{"email=a@example.com", []string{"cus_a"}},
-		{"email=b@example.com", []string{}}, // case-sensitive, like Stripe's
 		{"starting_after=cus_gone", []string{"cus_a"}},
 	} {
 		ids, _ := listIDs(t, s, "/v1/customers?"+tc.query, "")
@@ -243,7 +237,6 @@ func TestListSubscriptionStatus(t *testing.T) {
 		{"customer=cus_2", []string{"sub_trialing", "sub_unpaid", "sub_incomplete", "sub_paused"}},
 		{"customer=cus_1&status=all", []string{"sub_active", "sub_past_due", "sub_canceled", "sub_incomplete_expired", "sub_default"}},
 		{"customer=cus_none", []string{}},
-		{"price=price_x", []string{"sub_priced"}},
 		{"status=all&limit=2&starting_after=sub_unpaid", []string{"sub_canceled", "sub_incomplete"}},
 	} {
 		ids, _ := listIDs(t, s, "/v1/subscriptions?"+tc.query, "")
@@ -253,8 +246,7 @@ func TestListSubscriptionStatus(t *testing.T) {
 	}
 }
 
-// Listed subscriptions take the request's version shape, like a single GET,
-// and expand[]=data.customer expands each one's customer.
+// Listed subscriptions take the request's version shape, like a single GET.
 func TestListSubscriptionShapes(t *testing.T) {
 	t.Parallel()
 	s := New(t)
@@ -263,24 +255,23 @@ func TestListSubscriptionShapes(t *testing.T) {
 	if old["current_period_end"] != float64(periodEnd.Unix()) {
 		t.Errorf("2023-10-16: current_period_end = %v", old["current_period_end"])
 	}
-	basil := getJSON(t, s, "/v1/subscriptions?expand[]=data.customer", BasilAPIVersion)["data"].([]any)[0].(map[string]any)
+	basil := getJSON(t, s, "/v1/subscriptions", BasilAPIVersion)["data"].([]any)[0].(map[string]any)
 	if _, ok := basil["current_period_end"]; ok {
 		t.Errorf("basil: top-level current_period_end present")
 	}
 	if firstItem(t, basil)["current_period_end"] != float64(periodEnd.Unix()) {
 		t.Errorf("basil: item lacks current_period_end")
 	}
-	if c, ok := basil["customer"].(map[string]any); !ok || c["email"] != "a@example.com" {
-		t.Errorf("expand[]=data.customer: customer = %v", basil["customer"])
+	if basil["customer"] != "cus_A" {
+		t.Errorf("customer = %v", basil["customer"])
 	}
 
 	params := &stripe.SubscriptionListParams{Customer: stripe.String("cus_A")}
-	params.AddExpand("data.customer")
 	it := newClient(s).Subscriptions.List(params)
 	if !it.Next() {
 		t.Fatalf("no subscription: %v", it.Err())
 	}
-	if sub := it.Subscription(); sub.ID != "sub_A" || sub.Customer == nil || sub.Customer.Email != "a@example.com" || sub.CurrentPeriodEnd != periodEnd.Unix() {
+	if sub := it.Subscription(); sub.ID != "sub_A" || sub.Customer == nil || sub.Customer.ID != "cus_A" || sub.CurrentPeriodEnd != periodEnd.Unix() {
 		t.Errorf("stripe-go: subscription = %+v", sub)
 	}
 }
@@ -298,22 +289,19 @@ func TestListInvoices(t *testing.T) {
 	}{
 		{"", []string{"in_3", "in_2", "in_1"}},
 		{"customer=cus_A", []string{"in_2", "in_1"}},
-		{"subscription=sub_A", []string{"in_1"}},
-		{"status=draft", []string{"in_3"}},
-		{"customer=cus_A&status=paid", []string{"in_1"}},
 	} {
 		ids, _ := listIDs(t, s, "/v1/invoices?"+tc.query, BasilAPIVersion)
 		if diff := cmp.Diff(tc.want, ids); diff != "" {
 			t.Errorf("%q (-want +got):\n%s", tc.query, diff)
 		}
 	}
-	params := &stripe.InvoiceListParams{Subscription: stripe.String("sub_A")}
-	params.AddExpand("data.subscription")
+	params := &stripe.InvoiceListParams{Customer: stripe.String("cus_A")}
+	params.Filters.AddFilter("limit", "", "1")
 	it := newClient(s).Invoices.List(params)
 	if !it.Next() {
 		t.Fatalf("no invoice: %v", it.Err())
 	}
-	if inv := it.Invoice(); inv.ID != "in_1" || inv.Subscription == nil || inv.Subscription.Status != "active" || inv.AmountPaid != 0 {
+	if inv := it.Invoice(); inv.ID != "in_2" || inv.Customer == nil || inv.Customer.ID != "cus_A" || inv.Status != "open" {
 		t.Errorf("stripe-go: invoice = %+v", inv)
 	}
 }
@@ -330,19 +318,14 @@ func TestListCreatedFilter(t *testing.T) {
 		want  []string
 	}{
 		{fmt.Sprintf("created[gte]=%d", at(3)), []string{"cus_4", "cus_3"}},
-		{fmt.Sprintf("created[gt]=%d", at(3)), []string{"cus_4"}},
-		{fmt.Sprintf("created[lte]=%d", at(1)), []string{"cus_1", "cus_0"}},
-		{fmt.Sprintf("created[lt]=%d", at(1)), []string{"cus_0"}},
-		{fmt.Sprintf("created[gt]=%d&created[lt]=%d", at(1), at(4)), []string{"cus_3", "cus_2"}},
-		{fmt.Sprintf("created=%d", at(2)), []string{"cus_2"}},
-		{fmt.Sprintf("created[gte]=%d&created[lte]=%d", at(3), at(2)), []string{}},
+		{fmt.Sprintf("created[gte]=%d", at(5)), []string{}},
 	} {
 		ids, _ := listIDs(t, s, "/v1/customers?"+tc.query, "")
 		if diff := cmp.Diff(tc.want, ids); diff != "" {
 			t.Errorf("%q (-want +got):\n%s", tc.query, diff)
 		}
 	}
-	it := newClient(s).Customers.List(&stripe.CustomerListParams{CreatedRange: &stripe.RangeQueryParams{GreaterThan: at(2)}})
+	it := newClient(s).Customers.List(&stripe.CustomerListParams{CreatedRange: &stripe.RangeQueryParams{GreaterThanOrEqual: at(3)}})
 	if diff := cmp.Diff([]string{"cus_4", "cus_3"}, drain(t, it)); diff != "" {
 		t.Errorf("stripe-go CreatedRange (-want +got):\n%s", diff)
 	}
@@ -361,16 +344,17 @@ func TestListErrors(t *testing.T) {
 		{"/v1/customers?limit=101", "limit", "This value must be less than or equal to 100 (it currently is '101')."},
 		{"/v1/customers?limit=ten", "limit", "Invalid integer: ten"},
 		{"/v1/customers?starting_after=cus_nope", "starting_after", "No such customer: 'cus_nope'"},
-		{"/v1/subscriptions?ending_before=sub_nope", "ending_before", "No such subscription: 'sub_nope'"},
+		{"/v1/subscriptions?starting_after=sub_nope", "starting_after", "No such subscription: 'sub_nope'"},
 		{"/v1/invoices?starting_after=in_nope", "starting_after", "No such invoice: 'in_nope'"},
 		{"/v1/events?starting_after=evt_nope", "starting_after", "No such event: 'evt_nope'"},
-		{"/v1/customers?starting_after=cus_A&ending_before=cus_A", "ending_before", "You may only specify one of these parameters: ending_before, starting_after."},
+		{"/v1/customers?ending_before=cus_A", "ending_before", "Received unknown parameter: ending_before"},
+		{"/v1/customers?created[gt]=1", "created[gt]", "Received unknown parameter: created[gt]"},
 		{"/v1/customers?created[gte]=yesterday", "created[gte]", "Invalid integer: yesterday"},
 		{"/v1/customers?created[since]=1", "created[since]", "Received unknown parameter: created[since]"},
 		{"/v1/customers?status=active", "status", "Received unknown parameter: status"},
 		{"/v1/subscriptions?status=gone", "status", "Invalid status: must be one of active, all, canceled, ended, incomplete, incomplete_expired, past_due, paused, trialing, or unpaid"},
-		{"/v1/invoices?status=active", "status", "Invalid status: must be one of draft, open, paid, uncollectible, or void"},
-		{"/v1/events?type=a&types[]=b", "types", "You may pass either `type` or `types`, but not both."},
+		{"/v1/invoices?status=paid", "status", "Received unknown parameter: status"},
+		{"/v1/events?type=a", "type", "Received unknown parameter: type"},
 	} {
 		status, e := getError(t, s, tc.path)
 		if status != http.StatusBadRequest || e.Type != stripe.ErrorTypeInvalidRequest || e.Param != tc.param || e.Msg != tc.message {

@@ -4,21 +4,21 @@
 //
 // The Server answers, in Stripe's JSON shapes and with Stripe's error bodies:
 //
-//	GET /v1/checkout/sessions/{id}   expand[]=subscription, expand[]=customer
-//	GET /v1/subscriptions/{id}       expand[]=customer
+//	GET /v1/checkout/sessions/{id}   expand[]=subscription
+//	GET /v1/subscriptions/{id}
 //	GET /v1/customers/{id}           (a deleted customer answers the deleted stub)
-//	GET /v1/invoices/{id}            expand[]=subscription, expand[]=customer
+//	GET /v1/invoices/{id}
 //	GET /v1/events/{id}              (events of the last 30 days)
-//	GET /v1/customers                email; deleted customers are not listed
-//	GET /v1/subscriptions            customer, price, status (default: not ended;
-//	                                 all, ended or one status); expand[]=data.customer
-//	GET /v1/invoices                 customer, subscription, status; expand[]=data.customer
-//	GET /v1/events                   type (* wildcard) or types[]; the last 30 days
+//	GET /v1/customers                deleted customers are not listed
+//	GET /v1/subscriptions            customer, status (default: not ended;
+//	                                 all, ended or one status)
+//	GET /v1/invoices                 customer
+//	GET /v1/events                   types[]; the last 30 days
 //	POST /_fake/checkout/sessions    the fake's own: a finished checkout (dev.go)
 //	products, prices, active entitlements: see catalog.go
 //
-// Lists take limit (1-100, default 10), starting_after or ending_before, and
-// created or created[gt|gte|lt|lte]; they answer {"object":"list","url",
+// Lists take limit (1-100, default 10), starting_after and created[gte]
+// (what lockstep's client sends); they answer {"object":"list","url",
 // "has_more","data"}, newest first (created descending, then the reverse
 // order of first Put), and refuse a parameter the fake does not implement as
 // Stripe refuses an unknown one (400).
@@ -392,19 +392,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case "checkout.session":
 		obj, status, apiErr = s.session(id, expand, apiVersion)
 	case "subscription":
-		obj, status, apiErr = s.subscription(id, expand, apiVersion)
+		obj, status, apiErr = s.subscription(id, apiVersion)
 	case "customer":
 		obj, status, apiErr = s.customer(id)
 	case "invoice":
-		obj, status, apiErr = s.invoice(id, expand, apiVersion)
+		obj, status, apiErr = s.invoice(id, apiVersion)
 	case "event":
 		obj, status, apiErr = s.getEvent(id)
 	case "customer.list":
 		obj, status, apiErr = s.listCustomers(r.URL.Query())
 	case "subscription.list":
-		obj, status, apiErr = s.listSubscriptions(r.URL.Query(), expand, apiVersion)
+		obj, status, apiErr = s.listSubscriptions(r.URL.Query(), apiVersion)
 	case "invoice.list":
-		obj, status, apiErr = s.listInvoices(r.URL.Query(), expand, apiVersion)
+		obj, status, apiErr = s.listInvoices(r.URL.Query(), apiVersion)
 	case "event.list":
 		obj, status, apiErr = s.listEvents(r.URL.Query())
 	case "product":
@@ -492,31 +492,15 @@ func (s *Server) session(id string, expand map[string]bool, apiVersion string) (
 		}
 		sub = &v
 	}
-	obj := SessionJSON(sess, sub, apiVersion)
-	if expand["customer"] && sess.Customer != "" {
-		c, ok := s.customers[sess.Customer]
-		if !ok {
-			return nil, http.StatusInternalServerError, dangling("checkout.session", id, "customer", sess.Customer)
-		}
-		obj["customer"] = CustomerJSON(c)
-	}
-	return obj, http.StatusOK, nil
+	return SessionJSON(sess, sub, apiVersion), http.StatusOK, nil
 }
 
-func (s *Server) subscription(id string, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
+func (s *Server) subscription(id string, apiVersion string) (map[string]any, int, *stripeError) {
 	sub, ok := s.subscriptions[id]
 	if !ok {
 		return nil, http.StatusNotFound, noSuch("subscription", id)
 	}
-	obj := SubscriptionJSON(sub, apiVersion)
-	if expand["customer"] && sub.Customer != "" {
-		c, ok := s.customers[sub.Customer]
-		if !ok {
-			return nil, http.StatusInternalServerError, dangling("subscription", id, "customer", sub.Customer)
-		}
-		obj["customer"] = CustomerJSON(c)
-	}
-	return obj, http.StatusOK, nil
+	return SubscriptionJSON(sub, apiVersion), http.StatusOK, nil
 }
 
 func (s *Server) customer(id string) (map[string]any, int, *stripeError) {
@@ -527,27 +511,12 @@ func (s *Server) customer(id string) (map[string]any, int, *stripeError) {
 	return CustomerJSON(c), http.StatusOK, nil
 }
 
-func (s *Server) invoice(id string, expand map[string]bool, apiVersion string) (map[string]any, int, *stripeError) {
+func (s *Server) invoice(id string, apiVersion string) (map[string]any, int, *stripeError) {
 	inv, ok := s.invoices[id]
 	if !ok {
 		return nil, http.StatusNotFound, noSuch("invoice", id)
 	}
-	obj := InvoiceJSON(inv, apiVersion)
-	if expand["customer"] && inv.Customer != "" {
-		c, ok := s.customers[inv.Customer]
-		if !ok {
-			return nil, http.StatusInternalServerError, dangling("invoice", id, "customer", inv.Customer)
-		}
-		obj["customer"] = CustomerJSON(c)
-	}
-	if expand["subscription"] && inv.Subscription != "" && !IsBasil(apiVersion) {
-		sub, ok := s.subscriptions[inv.Subscription]
-		if !ok {
-			return nil, http.StatusInternalServerError, dangling("invoice", id, "subscription", inv.Subscription)
-		}
-		obj["subscription"] = SubscriptionJSON(sub, apiVersion)
-	}
-	return obj, http.StatusOK, nil
+	return InvoiceJSON(inv, apiVersion), http.StatusOK, nil
 }
 
 // expansions collects expand[]=x, expand[0]=x and expand=x query values.

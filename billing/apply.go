@@ -81,26 +81,56 @@ func (s *Service) inSnapshotTx(ctx context.Context, customerID, ref string, o Ap
 	return err
 }
 
-// ApplyCustomer stores a customer read from Stripe: its row, its deletion,
-// and the user its metadata names (metadata.user_id) under the same rules as
-// a webhook: only when neither the customer nor the user is mapped yet. A
-// refused mapping is a note, not an error.
-func (s *Service) ApplyCustomer(ctx context.Context, c stripeapi.Dated[*stripeapi.Customer], o ApplyOptions) (changes []Change, note string, err error) {
-	cust := c.Obj
-	user := cust.MetadataUserID // checked by stripeapi.ParseCustomer
-	err = s.inSnapshotTx(ctx, cust.ID, cust.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
-		changes, note = nil, ""
+// storedRow is the read of the row a snapshot write compares against:
+// one row, or none when lockstep has no such object, scanned into dest.
+type storedRow struct {
+	object, id string // for the error: "read customer cus_..."
+	sql        string // one row by $1 = id
+	dest       []any
+}
+
+// applyStored is the one shape of the Apply* writers: under customerID's
+// lock (as o says), one round trip that reads the stored row (first, so
+// that it is the row before this write), ensures the customer and carries
+// the snapshot's writes (queue's); then done, with the batch's answers and
+// whether the row was found, works out the changes and may write more.
+func (s *Service) applyStored(ctx context.Context, customerID, ref string, o ApplyOptions, stored storedRow,
+	queue func(b *pgx.Batch) (done func(ctx context.Context, tx *lockmgr.Tx, found bool) error)) error {
+	return s.inSnapshotTx(ctx, customerID, ref, o, func(ctx context.Context, tx *lockmgr.Tx) error {
 		b := &pgx.Batch{}
-		var existed, wasDeleted bool
-		b.Queue(`SELECT deleted FROM stripe_customers WHERE stripe_customer_id = $1`, cust.ID).Fn = func(br pgx.BatchResults) error {
-			err := br.QueryRow().Scan(&wasDeleted)
-			existed = err == nil
-			if err != nil && !isNoRows(err) {
-				return fmt.Errorf("read customer %s: %w", cust.ID, err)
+		found := false
+		b.Queue(stored.sql, stored.id).Fn = func(br pgx.BatchResults) error {
+			err := br.QueryRow().Scan(stored.dest...)
+			switch {
+			case isNoRows(err):
+			case err != nil:
+				return fmt.Errorf("read %s %s: %w", stored.object, stored.id, err)
+			default:
+				found = true
 			}
 			return nil
 		}
-		queueEnsureCustomer(b, cust.ID)
+		queueEnsureCustomer(b, customerID)
+		done := queue(b)
+		if err := tx.SendBatch(ctx, b); err != nil {
+			return err
+		}
+		return done(ctx, tx, found)
+	})
+}
+
+// ApplyCustomer stores a customer read from Stripe: its row, its deletion,
+// and the user its metadata names (metadata.user_id) under the same rules as
+// a webhook: only when neither the customer nor the user is mapped yet. A
+// refused mapping is a note (the webhook's words), not an error.
+func (s *Service) ApplyCustomer(ctx context.Context, c stripeapi.Dated[*stripeapi.Customer], o ApplyOptions) (changes []Change, note string, err error) {
+	cust := c.Obj
+	user := cust.MetadataUserID // checked by stripeapi.ParseCustomer
+	var wasDeleted bool
+	stored := storedRow{object: "customer", id: cust.ID, dest: []any{&wasDeleted},
+		sql: `SELECT deleted FROM stripe_customers WHERE stripe_customer_id = $1`}
+	err = s.applyStored(ctx, cust.ID, cust.ID, o, stored, func(b *pgx.Batch) func(context.Context, *lockmgr.Tx, bool) error {
+		changes, note = nil, ""
 		var found *[]linkRow
 		if user != "" {
 			found = queueReadLink(b, cust.ID, user)
@@ -108,37 +138,29 @@ func (s *Service) ApplyCustomer(ctx context.Context, c stripeapi.Dated[*stripeap
 		if cust.Deleted {
 			queueMarkCustomerDeleted(b, cust.ID)
 		}
-		if err := tx.SendBatch(ctx, b); err != nil {
-			return err
-		}
-		if !existed {
-			changes = append(changes, Change{Object: "customer", ID: cust.ID, Stripe: state(cust.Deleted, "deleted", "present")})
-		} else if cust.Deleted && !wasDeleted {
-			changes = append(changes, Change{Object: "customer", ID: cust.ID, Field: "deleted", Stored: "false", Stripe: "true"})
-		}
-		if found == nil {
+		return func(ctx context.Context, tx *lockmgr.Tx, existed bool) error {
+			if !existed {
+				changes = append(changes, Change{Object: "customer", ID: cust.ID, Stripe: state(cust.Deleted, "deleted", "present")})
+			} else if cust.Deleted && !wasDeleted {
+				changes = append(changes, Change{Object: "customer", ID: cust.ID, Field: "deleted", Stored: "false", Stripe: "true"})
+			}
+			if found == nil {
+				return nil
+			}
+			var writes []linkWrite
+			var err error
+			note, writes, err = decideNamedLink(cust.ID, user, cust.Created, *found)
+			if err != nil || len(writes) == 0 {
+				return err
+			}
+			b := &pgx.Batch{}
+			queueLinkWrites(b, writes)
+			if err := tx.SendBatch(ctx, b); err != nil {
+				return err
+			}
+			changes = append(changes, Change{Object: "mapping", ID: cust.ID, Field: "user_id", Stripe: user})
 			return nil
 		}
-		res, writes, err := decideLink(cust.ID, user, cust.Created, webhookLink, *found)
-		switch {
-		case errors.Is(err, ErrCustomerClaimed):
-			note = "mapping refused: customer is mapped to another user"
-			return nil
-		case err != nil:
-			return err
-		case res == LinkRefused:
-			note = "mapping refused: user is mapped to another customer"
-			return nil
-		case len(writes) == 0:
-			return nil
-		}
-		b = &pgx.Batch{}
-		queueLinkWrites(b, writes)
-		if err := tx.SendBatch(ctx, b); err != nil {
-			return err
-		}
-		changes = append(changes, Change{Object: "mapping", ID: cust.ID, Field: "user_id", Stripe: user})
-		return nil
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("apply customer %s: %w", cust.ID, err)
@@ -168,44 +190,38 @@ func (s *Service) ApplySubscription(ctx context.Context, d stripeapi.Dated[*stri
 		if fresh != nil {
 			snap = *fresh
 		}
-		return s.inSnapshotTx(ctx, sub.CustomerID, sub.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
-			changes = nil
-			b := &pgx.Batch{}
-			var old *SubscriptionView
-			var oldMore storedSubscription
-			b.Queue(`SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end,
+		var v SubscriptionView
+		var more storedSubscription
+		stored := storedRow{object: "subscription", id: sub.ID,
+			sql: `SELECT status, coalesce(price_id, ''), current_period_end, cancel_at_period_end,
     trial_end, current_period_start, coalesce(latest_invoice, '')
-FROM stripe_subscriptions WHERE stripe_subscription_id = $1`, sub.ID).Fn = func(br pgx.BatchResults) error {
-				v := SubscriptionView{ID: sub.ID}
-				err := br.QueryRow().Scan(&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
-					&oldMore.trialEnd, &oldMore.periodStart, &oldMore.latestInvoice)
-				switch {
-				case isNoRows(err):
-				case err != nil:
-					return fmt.Errorf("read subscription %s: %w", sub.ID, err)
-				default:
+FROM stripe_subscriptions WHERE stripe_subscription_id = $1`,
+			dest: []any{&v.Status, &v.PriceID, &v.CurrentPeriodEnd, &v.CancelAtPeriodEnd,
+				&more.trialEnd, &more.periodStart, &more.latestInvoice}}
+		return s.applyStored(ctx, sub.CustomerID, sub.ID, o, stored, func(b *pgx.Batch) func(context.Context, *lockmgr.Tx, bool) error {
+			changes = nil
+			sw := queueApplySubscription(b, snap)
+			return func(ctx context.Context, tx *lockmgr.Tx, existed bool) error {
+				if err := sw.settle(ctx, tx); err != nil {
+					return err
+				}
+				if sw.tie != nil {
+					return sw.tie
+				}
+				if sw.stale {
+					return nil
+				}
+				var old *SubscriptionView
+				if existed {
+					v.ID = sub.ID
 					old = &v
+				}
+				changes = subscriptionChanges(old, &sw.view)
+				if old != nil {
+					changes = append(changes, nextStepChanges(more, snap.sub)...)
 				}
 				return nil
 			}
-			queueEnsureCustomer(b, sub.CustomerID)
-			sw := queueApplySubscription(b, snap)
-			if err := tx.SendBatch(ctx, b); err != nil {
-				return err
-			}
-			if err := sw.settle(ctx, tx); err != nil {
-				return err
-			}
-			if sw.tie != nil {
-				return sw.tie
-			}
-			if !sw.stale {
-				changes = subscriptionChanges(old, &sw.view)
-				if old != nil {
-					changes = append(changes, nextStepChanges(oldMore, snap.sub)...)
-				}
-			}
-			return nil
 		})
 	})
 	if err != nil {
@@ -265,31 +281,22 @@ func (s *Service) ApplyInvoice(ctx context.Context, d stripeapi.Dated[*stripeapi
 		return nil, fmt.Errorf("apply invoice %s: it names no customer", inv.ID)
 	}
 	var changes []Change
-	err := s.inSnapshotTx(ctx, inv.CustomerID, inv.ID, o, func(ctx context.Context, tx *lockmgr.Tx) error {
+	var oldStatus string
+	stored := storedRow{object: "invoice", id: inv.ID, dest: []any{&oldStatus},
+		sql: `SELECT status FROM stripe_invoices WHERE stripe_invoice_id = $1`}
+	err := s.applyStored(ctx, inv.CustomerID, inv.ID, o, stored, func(b *pgx.Batch) func(context.Context, *lockmgr.Tx, bool) error {
 		changes = nil
-		b := &pgx.Batch{}
-		oldStatus, existed := "", false
-		b.Queue(`SELECT status FROM stripe_invoices WHERE stripe_invoice_id = $1`, inv.ID).Fn = func(br pgx.BatchResults) error {
-			err := br.QueryRow().Scan(&oldStatus)
-			existed = err == nil
-			if err != nil && !isNoRows(err) {
-				return fmt.Errorf("read invoice %s: %w", inv.ID, err)
+		applied := queueApplyInvoice(b, inv, d.At, "api")
+		return func(_ context.Context, _ *lockmgr.Tx, existed bool) error {
+			switch {
+			case !*applied:
+			case !existed:
+				changes = []Change{{Object: "invoice", ID: inv.ID, Stripe: inv.Status}}
+			case oldStatus != inv.Status:
+				changes = []Change{{Object: "invoice", ID: inv.ID, Field: "status", Stored: oldStatus, Stripe: inv.Status}}
 			}
 			return nil
 		}
-		queueEnsureCustomer(b, inv.CustomerID)
-		applied := queueApplyInvoice(b, inv, d.At, "api")
-		if err := tx.SendBatch(ctx, b); err != nil {
-			return err
-		}
-		switch {
-		case !*applied:
-		case !existed:
-			changes = []Change{{Object: "invoice", ID: inv.ID, Stripe: inv.Status}}
-		case oldStatus != inv.Status:
-			changes = []Change{{Object: "invoice", ID: inv.ID, Field: "status", Stored: oldStatus, Stripe: inv.Status}}
-		}
-		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("apply invoice %s: %w", inv.ID, err)
