@@ -126,7 +126,7 @@ func syncCmd(ctx context.Context, args []string, env Env, log *slog.Logger) erro
 		Progress: func(p billing.SyncProgress) { progress.show(syncLine(p)) },
 		Change: func(c billing.Change) {
 			if *dryRun {
-				progress.print(env.Stdout, "would write: "+c.Describe())
+				progress.print(env.Stdout, "would write: "+c.String())
 			}
 		},
 		Note:       func(id, note string) { progress.print(env.Stderr, "customer "+id+": "+note) },
@@ -232,8 +232,8 @@ func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 	defer b.close()
 	res, err := b.Verify(ctx, billing.VerifyOptions{
 		Customer: *customer, Repair: *repair,
-		Found:      func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.Describe()) },
-		Mended:     func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.Describe()) },
+		Found:      func(c billing.Change) { fmt.Fprintln(env.Stdout, "drift: "+c.String()) },
+		Mended:     func(c billing.Change) { fmt.Fprintln(env.Stdout, "mended: "+c.String()) },
 		Unreadable: func(u billing.Unreadable) { fmt.Fprintln(env.Stdout, "verify: skipped: "+u.String()) },
 	})
 	// Objects that could not be read were reported; the rest was compared,
@@ -254,7 +254,7 @@ func verifyCmd(ctx context.Context, args []string, env Env, log *slog.Logger) er
 		return done
 	case *repair:
 		for _, c := range res.Remaining {
-			fmt.Fprintln(env.Stdout, "not mended: "+c.Describe())
+			fmt.Fprintln(env.Stdout, "not mended: "+c.String())
 		}
 		return &ExitError{Code: 3, Msg: fmt.Sprintf("verify: %d differences found, %d not mended (see the README: Operations, verify)",
 			len(res.Found), len(res.Remaining))}

@@ -34,6 +34,15 @@ func (c Change) Key() string {
 }
 
 func (c Change) String() string {
+	if c.Object == "entitlement" && c.Field == "feature" { // a feature gained or lost
+		switch {
+		case c.Stored == "":
+			return fmt.Sprintf("entitlement %s feature %s: stored (none), Stripe says granted", c.ID, c.Stripe)
+		case c.Stripe == "":
+			return fmt.Sprintf("entitlement %s feature %s: stored granted, Stripe says (none)", c.ID, c.Stored)
+		}
+		return fmt.Sprintf("entitlement %s feature %s: stored as %s, Stripe says %s", c.ID, c.Stripe, c.Stored, c.Stripe)
+	}
 	if c.Field == "" {
 		switch {
 		case c.Stored == "":

@@ -327,22 +327,6 @@ func featureKey(c Change) string {
 	return c.Stored
 }
 
-// Describe is the change as one line for people. An entitlement change
-// names the customer and the feature (entitlement cus_1 feature sso:
-// stored (none), Stripe says granted); any other is its String.
-func (c Change) Describe() string {
-	if c.Object != "entitlement" || c.Field != "feature" {
-		return c.String()
-	}
-	switch {
-	case c.Stored == "":
-		return fmt.Sprintf("entitlement %s feature %s: stored (none), Stripe says granted", c.ID, c.Stripe)
-	case c.Stripe == "":
-		return fmt.Sprintf("entitlement %s feature %s: stored granted, Stripe says (none)", c.ID, c.Stored)
-	}
-	return fmt.Sprintf("entitlement %s feature %s: stored as %s, Stripe says %s", c.ID, c.Stripe, c.Stored, c.Stripe)
-}
-
 // storedProducts reads stored products: one, or all when id is "".
 func (s *Service) storedProducts(ctx context.Context, id string) (map[string]*storedProduct, error) {
 	rows, err := s.db.Query(ctx, `SELECT stripe_product_id, name, active, deleted, source_time FROM stripe_products

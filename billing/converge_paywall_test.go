@@ -17,7 +17,7 @@ func TestPaywallDiffs(t *testing.T) {
 	lines := func(cs []Change) []string {
 		out := make([]string, len(cs))
 		for i, c := range cs {
-			out[i] = c.Describe()
+			out[i] = c.String()
 		}
 		return out
 	}
