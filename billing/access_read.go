@@ -53,9 +53,10 @@ func (s *Service) Access(ctx context.Context, userID, feature string) (*Access, 
 		return nil, err
 	}
 	if a.CustomerID != "" {
-		ctx = logging.With(ctx, slog.String("customer", a.CustomerID))
+		ctx = logging.With(ctx, slog.String("customer", a.CustomerID), slog.String("access_state", a.State))
+	} else {
+		ctx = logging.With(ctx, slog.String("access_state", a.State))
 	}
-	ctx = logging.With(ctx, slog.String("access_state", a.State))
 	if !a.Access {
 		s.log.DebugContext(ctx, "access denied", slog.String("state", a.State), slog.String("reason", a.Reason))
 	}
