@@ -254,7 +254,9 @@ func accessLevel(ctx context.Context, cfg Config, t *target, prefix string, n, c
 		}
 		d := cfg.Duration / time.Duration(rounds)
 		cpu0 := markCPU(os.Getpid())
-		bw := watchBackends(lockstepDB, 200*time.Millisecond)
+		// Polled each second: the pool's backends live through the round,
+		// and each poll is CPU taken from the reads it measures.
+		bw := watchBackends(lockstepDB, time.Second)
 		got, status, elapsed := readAccess(ctx, t, prefix, n, c, d)
 		cpu.add(cpu0, markCPU(os.Getpid()))
 		cpu.addDB(bw.total())
