@@ -382,6 +382,11 @@ func printAccessLevel(out io.Writer, l AccessLevel) {
 		fmt.Fprintf(out, "  reference CPU per transaction: pgbench %s, its database backends %s (machine %s)\n",
 			usString(r.CPU.Process), usString(r.CPU.DB), usString(r.CPU.Machine))
 		fmt.Fprintf(out, "  ratio (lockstep reads/s / pgbench tx/s): %s\n", ratioString(l.Ratio))
+		if c := cpuRatio(l.CPU, r.CPU); c > 0 {
+			// What the ratio would be with both sides held to the same CPU,
+			// whatever else the machine runs meanwhile.
+			fmt.Fprintf(out, "  CPU ratio (pgbench and its backends per transaction / lockstep, its readers and its backends per read): %s\n", ratioString(c))
+		}
 		fmt.Fprintf(out, "  reference command: %s\n", r.Command)
 	case l.RefErr != "":
 		fmt.Fprintf(out, "  reference failed: %s\n", l.RefErr)
@@ -402,6 +407,18 @@ func printAccessSummary(out io.Writer, levels []AccessLevel) {
 		fmt.Fprintf(out, "| %d | %.0f | %s | %s | %s | %s | %s | %s | %d |\n", l.Concurrency, l.ReadsPerSec,
 			msString(l.Reads.P50), msString(l.Reads.P95), msString(l.Reads.P99), tps, p99, ratioString(l.Ratio), l.Errors)
 	}
+}
+
+// cpuRatio is the reference's CPU per transaction (pgbench and its
+// backends) over lockstep's per read (this process and its backends): the
+// ratio of the two rates when both are bound by the same cores. 0 when a
+// side was not measured.
+func cpuRatio(lockstep, ref CPU) float64 {
+	l, r := lockstep.Process+lockstep.DB, ref.Process+ref.DB
+	if l <= 0 || r <= 0 || lockstep.DB <= 0 || ref.DB <= 0 {
+		return 0
+	}
+	return float64(r) / float64(l)
 }
 
 func msString(d time.Duration) string {
