@@ -148,8 +148,13 @@ func (s *server) observe(next http.Handler) http.Handler {
 			if route == "/healthz" || route == "/readyz" || route == "/metrics" {
 				level = slog.LevelDebug
 			}
-			attrs := append([]slog.Attr{slog.String("method", r.Method), slog.String("route", route),
-				slog.Int("status", sw.code), slog.Duration("duration", d)}, logging.ScopeAttrs(ctx)...)
+			if !s.Log.Enabled(ctx, level) {
+				return
+			}
+			var buf [8]slog.Attr
+			attrs := append(buf[:0], slog.String("method", r.Method), slog.String("route", route),
+				slog.Int("status", sw.code), slog.Duration("duration", d))
+			attrs = logging.AppendScopeAttrs(ctx, attrs)
 			s.Log.LogAttrs(ctx, level, "http request", attrs...)
 		}()
 		next.ServeHTTP(sw, r)
@@ -169,10 +174,13 @@ func validRequestID(id string) bool {
 	return true
 }
 
+// newRequestID is 16 random hex digits (one allocation: the string).
 func newRequestID() string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
+	var b [8]byte
+	var h [16]byte
+	_, _ = rand.Read(b[:])
+	hex.Encode(h[:], b[:])
+	return string(h[:])
 }
 
 // requireToken checks "Authorization: Bearer <token>" in constant time.

@@ -59,6 +59,30 @@ func ScopeAttrs(ctx context.Context) []slog.Attr {
 	return out
 }
 
+// AppendScopeAttrs appends ScopeAttrs(ctx) to dst without a map or a
+// slice of its own (a request's scope holds a few attributes): the access
+// log line's cost on every request.
+func AppendScopeAttrs(ctx context.Context, dst []slog.Attr) []slog.Attr {
+	sc, _ := ctx.Value(scopeKey{}).(*scope)
+	if sc == nil {
+		return dst
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	start := len(dst)
+next:
+	for _, a := range sc.attrs {
+		for i := start; i < len(dst); i++ {
+			if dst[i].Key == a.Key {
+				dst[i] = a
+				continue next
+			}
+		}
+		dst = append(dst, a)
+	}
+	return dst
+}
+
 // With returns a context whose log lines carry attrs too. The attributes are
 // also recorded in the request scope, if ctx has one.
 func With(ctx context.Context, attrs ...slog.Attr) context.Context {

@@ -91,3 +91,31 @@ func TestLogsMaskSecrets(t *testing.T) {
 		}
 	}
 }
+
+// AppendScopeAttrs (the access-log line's allocation-free form) appends
+// what ScopeAttrs returns, after the caller's own attributes, which it
+// leaves alone even when a scope attribute has the same key.
+func TestAppendScopeAttrsMatchesScopeAttrs(t *testing.T) {
+	t.Parallel()
+	ctx := logging.WithScope(context.Background())
+	ctx = logging.With(ctx, slog.String("event_id", "evt_1"), slog.String("event_type", "a"))
+	ctx = logging.With(ctx, slog.String("customer", "cus_1"), slog.String("event_type", "b"))
+	ctx = logging.With(ctx, slog.String("status", "scope"))
+	own := []slog.Attr{slog.String("method", "GET"), slog.Int("status", 200)}
+	got := logging.AppendScopeAttrs(ctx, own)
+	want := append([]slog.Attr{slog.String("method", "GET"), slog.Int("status", 200)}, logging.ScopeAttrs(ctx)...)
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if !got[i].Equal(want[i]) {
+			t.Errorf("attribute %d: got %v, want %v", i, got[i], want[i])
+		}
+	}
+	if len(want) != 6 || want[3].Value.String() != "b" {
+		t.Errorf("scope: %v (want event_id, event_type=b, customer, status once each)", want[2:])
+	}
+	if got := logging.AppendScopeAttrs(context.Background(), own); len(got) != len(own) {
+		t.Errorf("without a scope: %v", got)
+	}
+}

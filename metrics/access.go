@@ -9,21 +9,22 @@ import "github.com/prometheus/client_golang/prometheus"
 var accessStateNames = []string{"none", "active", "grace", "trialing", "past_due", "incomplete",
 	"unpaid", "paused", "ended", "other"}
 
-func newAccessDecisions(reg *prometheus.Registry) *prometheus.CounterVec {
+func newAccessDecisions(reg *prometheus.Registry) (*prometheus.CounterVec, map[string]prometheus.Counter) {
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "access_decisions_total",
 		Help: "Paywall decisions served (the access read and the success call's answer), by state; other is a subscription status Stripe added later.",
 	}, []string{"state"})
 	reg.MustRegister(c)
+	children := make(map[string]prometheus.Counter, len(accessStateNames))
 	for _, s := range accessStateNames {
-		c.WithLabelValues(s)
+		children[s] = c.WithLabelValues(s)
 	}
-	return c
+	return c, children
 }
 
 // AccessDecision counts a paywall decision of state.
 func (m *Metrics) AccessDecision(state string) {
-	m.accessDecisions.WithLabelValues(AccessLabel(state)).Inc()
+	m.accessCounters[AccessLabel(state)].Inc()
 }
 
 // AccessLabel is the label value AccessDecision records for state.

@@ -51,6 +51,11 @@ type Metrics struct {
 	stripeRequests   *prometheus.CounterVec
 	stripeWait       *prometheus.HistogramVec
 	accessDecisions  *prometheus.CounterVec
+	// httpObservers caches httpDuration's children by route and status:
+	// a request then costs one map read, not a label hash and lookup.
+	httpObservers sync.Map // httpKey -> prometheus.Observer
+	// accessCounters are accessDecisions' children, by label.
+	accessCounters map[string]prometheus.Counter
 
 	ledger *ledgerCollector // nil until RegisterLedger
 }
@@ -130,7 +135,7 @@ func New() *Metrics {
 			m.stripeRequests.WithLabelValues(share, code)
 		}
 	}
-	m.accessDecisions = newAccessDecisions(m.Registry)
+	m.accessDecisions, m.accessCounters = newAccessDecisions(m.Registry)
 	return m
 }
 
@@ -182,7 +187,17 @@ func (m *Metrics) Replayed(outcome string) { m.replays.WithLabelValues(outcome).
 
 // ObserveHTTP records one request's latency.
 func (m *Metrics) ObserveHTTP(route string, code int, d time.Duration) {
-	m.httpDuration.WithLabelValues(route, strconv.Itoa(code)).Observe(d.Seconds())
+	k := httpKey{route, code}
+	o, ok := m.httpObservers.Load(k)
+	if !ok {
+		o, _ = m.httpObservers.LoadOrStore(k, m.httpDuration.WithLabelValues(route, strconv.Itoa(code)))
+	}
+	o.(prometheus.Observer).Observe(d.Seconds())
+}
+
+type httpKey struct {
+	route string
+	code  int
 }
 
 // LockWaited implements lockmgr.Observer.

@@ -93,7 +93,7 @@ func seedAccess(ctx context.Context, dbURL, prefix string, n int) error {
 	if err := conn.QueryRow(ctx, accessSeed, prefix, n).Scan(&users, &subs, &invs, &ents, &plans); err != nil {
 		return fmt.Errorf("seed users: %w", err)
 	}
-	if _, err := conn.Exec(ctx, `ANALYZE stripe_customers, stripe_subscriptions, stripe_invoices, stripe_entitlements, stripe_prices, stripe_products`); err != nil {
+	if _, err := conn.Exec(ctx, `VACUUM ANALYZE stripe_customers, stripe_subscriptions, stripe_invoices, stripe_entitlements, stripe_prices, stripe_products`); err != nil {
 		return fmt.Errorf("seed users: analyze: %w", err)
 	}
 	return nil
@@ -231,13 +231,32 @@ func accessLevel(ctx context.Context, cfg Config, t *target, prefix string, n, c
 	var samples []time.Duration
 	var refs []*Reference
 	var cpu cpuSum
+	// A warm-up, not counted, for both sides alike: lockstep's pool opens
+	// its connections and prepares the statement, its heap grows to its
+	// working size; pgbench (whose reported rate leaves out its own
+	// connection time) and lockstep then read pages already in shared
+	// buffers with their hint bits set, so the first measured round of
+	// neither pays for what the other already paid.
+	if warm := min(time.Second, cfg.Duration/time.Duration(2*rounds)); warm > 0 && ctx.Err() == nil {
+		got, _, _ := readAccess(ctx, t, prefix, n, c, warm)
+		msg := fmt.Sprintf("bench access c=%d warm-up: %d reads in %s", c, len(got), warm)
+		if ref != nil {
+			if r, err := (pgbenchRun{Path: pgbenchPath, Script: script, DBURL: ref.url, Clients: c, Threads: cpus,
+				Duration: warm, Customers: n, Payload: []byte("{}")}).run(ctx); err == nil {
+				msg += fmt.Sprintf("; pgbench %d transactions", r.Transactions)
+			}
+		}
+		fmt.Fprintln(cfg.Progress, msg)
+	}
 	for i := range rounds {
 		if ctx.Err() != nil {
 			break
 		}
 		d := cfg.Duration / time.Duration(rounds)
 		cpu0 := markCPU(os.Getpid())
-		bw := watchBackends(lockstepDB, 200*time.Millisecond)
+		// Polled each second: the pool's backends live through the round,
+		// and each poll is CPU taken from the reads it measures.
+		bw := watchBackends(lockstepDB, time.Second)
 		got, status, elapsed := readAccess(ctx, t, prefix, n, c, d)
 		cpu.add(cpu0, markCPU(os.Getpid()))
 		cpu.addDB(bw.total())
@@ -246,7 +265,8 @@ func accessLevel(ctx context.Context, cfg Config, t *target, prefix string, n, c
 			lvl.Status[k] += v
 		}
 		lvl.Elapsed += elapsed
-		fmt.Fprintf(cfg.Progress, "bench access c=%d round %d/%d: %d reads in %s\n", c, i+1, rounds, len(got), elapsed.Round(time.Millisecond))
+		fmt.Fprintf(cfg.Progress, "bench access c=%d round %d/%d: %d reads in %s (%.0f/s)\n", c, i+1, rounds, len(got), elapsed.Round(time.Millisecond),
+			float64(len(got))/elapsed.Seconds())
 		if ref != nil && lvl.RefErr == "" && ctx.Err() == nil {
 			r, err := pgbenchRun{Path: pgbenchPath, Script: script, DBURL: ref.url, Clients: c, Threads: cpus,
 				Duration: elapsed, Customers: n, Payload: []byte("{}")}.run(ctx)
@@ -254,6 +274,7 @@ func accessLevel(ctx context.Context, cfg Config, t *target, prefix string, n, c
 				lvl.RefErr = err.Error()
 				continue
 			}
+			fmt.Fprintf(cfg.Progress, "bench access c=%d round %d/%d: pgbench %.0f tx/s\n", c, i+1, rounds, r.TPS)
 			refs = append(refs, r)
 		}
 	}
@@ -361,6 +382,11 @@ func printAccessLevel(out io.Writer, l AccessLevel) {
 		fmt.Fprintf(out, "  reference CPU per transaction: pgbench %s, its database backends %s (machine %s)\n",
 			usString(r.CPU.Process), usString(r.CPU.DB), usString(r.CPU.Machine))
 		fmt.Fprintf(out, "  ratio (lockstep reads/s / pgbench tx/s): %s\n", ratioString(l.Ratio))
+		if c := cpuRatio(l.CPU, r.CPU); c > 0 {
+			// What the ratio would be with both sides held to the same CPU,
+			// whatever else the machine runs meanwhile.
+			fmt.Fprintf(out, "  CPU ratio (pgbench and its backends per transaction / lockstep, its readers and its backends per read): %s\n", ratioString(c))
+		}
 		fmt.Fprintf(out, "  reference command: %s\n", r.Command)
 	case l.RefErr != "":
 		fmt.Fprintf(out, "  reference failed: %s\n", l.RefErr)
@@ -381,6 +407,18 @@ func printAccessSummary(out io.Writer, levels []AccessLevel) {
 		fmt.Fprintf(out, "| %d | %.0f | %s | %s | %s | %s | %s | %s | %d |\n", l.Concurrency, l.ReadsPerSec,
 			msString(l.Reads.P50), msString(l.Reads.P95), msString(l.Reads.P99), tps, p99, ratioString(l.Ratio), l.Errors)
 	}
+}
+
+// cpuRatio is the reference's CPU per transaction (pgbench and its
+// backends) over lockstep's per read (this process and its backends): the
+// ratio of the two rates when both are bound by the same cores. 0 when a
+// side was not measured.
+func cpuRatio(lockstep, ref CPU) float64 {
+	l, r := lockstep.Process+lockstep.DB, ref.Process+ref.DB
+	if l <= 0 || r <= 0 || lockstep.DB <= 0 || ref.DB <= 0 {
+		return 0
+	}
+	return float64(r) / float64(l)
 }
 
 func msString(d time.Duration) string {

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lockstep/lockstep/billing"
 )
@@ -64,5 +65,21 @@ func TestAccessFlags(t *testing.T) {
 	o, err := ParseArgs([]string{"-access", "-customers", "10000"}, io.Discard)
 	if err != nil || !o.Access || o.Customers != 10000 {
 		t.Fatalf("%+v %v", o, err)
+	}
+}
+
+// The CPU ratio is pgbench's CPU per transaction over lockstep's per read,
+// each with its backends; a side not measured gives none.
+func TestAccessCPURatio(t *testing.T) {
+	lockstep := CPU{Process: 140 * time.Microsecond, DB: 150 * time.Microsecond}
+	ref := CPU{Process: 25 * time.Microsecond, DB: 120 * time.Microsecond}
+	if got := cpuRatio(lockstep, ref); got != 0.5 {
+		t.Errorf("cpuRatio = %v, want 0.5", got)
+	}
+	if got := cpuRatio(CPU{Process: time.Millisecond}, ref); got != 0 {
+		t.Errorf("without lockstep's backends: %v, want 0", got)
+	}
+	if got := cpuRatio(lockstep, CPU{}); got != 0 {
+		t.Errorf("without the reference: %v, want 0", got)
 	}
 }

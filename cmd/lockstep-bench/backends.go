@@ -25,8 +25,13 @@ type backendWatch struct {
 	mu    sync.Mutex
 	base  map[int]time.Duration // CPU at the start, for backends already there
 	last  map[int]time.Duration
-	stop  chan struct{}
-	done  chan struct{}
+	// seen remembers, by pid, whether a process is a backend of db, so a
+	// poll reads the process title of new processes only: reading every
+	// title of /proc at each poll cost the bench's process more CPU than
+	// its readers, on the cores lockstep and pgbench share.
+	seen map[int]bool
+	stop chan struct{}
+	done chan struct{}
 }
 
 // dbName returns the database a postgres:// URL names.
@@ -40,12 +45,12 @@ func dbName(dbURL string) string {
 
 func watchBackends(db string, every time.Duration) *backendWatch {
 	w := &backendWatch{db: db, every: every, base: map[int]time.Duration{}, last: map[int]time.Duration{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		seen: map[int]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	if db == "" {
 		close(w.done)
 		return w
 	}
-	w.base = backendCPU(db)
+	w.base = backendCPU(db, w.seen)
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(every)
@@ -64,7 +69,7 @@ func watchBackends(db string, every time.Duration) *backendWatch {
 }
 
 func (w *backendWatch) poll() {
-	now := backendCPU(w.db)
+	now := backendCPU(w.db, w.seen)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for pid, cpu := range now {
@@ -91,20 +96,19 @@ func (w *backendWatch) total() (time.Duration, bool) {
 
 // backendCPU reads the CPU time of every backend connected to db, found by
 // the process title PostgreSQL sets: "postgres: CLUSTER: USER DB HOST(PORT) STATE"
-// (or "postgres: USER DB HOST(PORT) STATE" without a cluster name).
-func backendCPU(db string) map[int]time.Duration {
+// (or "postgres: USER DB HOST(PORT) STATE" without a cluster name). seen
+// caches, by pid, whether a process is one (nil: no cache); a backend
+// keeps its database for its life, and the watch of one phase is too short
+// for a pid to be reused.
+func backendCPU(db string, seen map[int]bool) map[int]time.Duration {
 	out := map[int]time.Duration{}
 	procs, _ := proc.AllProcs()
 	for _, p := range procs {
-		cmdline, err := p.CmdLine()
-		if err != nil || len(cmdline) == 0 || !strings.HasPrefix(cmdline[0], "postgres: ") {
-			continue
-		}
-		title := strings.Fields(strings.Join(cmdline, " "))
-		match := false
-		for i := 2; i < len(title) && i <= 3; i++ {
-			if title[i] == db && i+1 < len(title) && (strings.Contains(title[i+1], "(") || title[i+1] == "[local]") {
-				match = true
+		match, ok := seen[p.PID]
+		if !ok {
+			match = isBackendOf(p, db)
+			if seen != nil {
+				seen[p.PID] = match
 			}
 		}
 		if !match {
@@ -115,4 +119,18 @@ func backendCPU(db string) map[int]time.Duration {
 		}
 	}
 	return out
+}
+
+func isBackendOf(p procfs.Proc, db string) bool {
+	cmdline, err := p.CmdLine()
+	if err != nil || len(cmdline) == 0 || !strings.HasPrefix(cmdline[0], "postgres: ") {
+		return false
+	}
+	title := strings.Fields(strings.Join(cmdline, " "))
+	for i := 2; i < len(title) && i <= 3; i++ {
+		if title[i] == db && i+1 < len(title) && (strings.Contains(title[i+1], "(") || title[i+1] == "[local]") {
+			return true
+		}
+	}
+	return false
 }

@@ -40,7 +40,10 @@ func (c *DBCounters) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.
 
 func (c *DBCounters) count(sql string) {
 	c.statements.Add(1)
-	s := strings.ToLower(strings.TrimSpace(sql))
+	// Only the statement's start matters: lowering all of a long SELECT at
+	// every read was bench work on lockstep's cores.
+	s := strings.TrimSpace(sql)
+	s = strings.ToLower(s[:min(len(s), 16)])
 	switch {
 	case s == "begin", strings.HasPrefix(s, "begin ") || strings.HasPrefix(s, "begin;"):
 		c.begins.Add(1)
