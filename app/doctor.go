@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/config"
 	"github.com/lockstep/lockstep/lockmgr"
 	schema "github.com/lockstep/lockstep/sql"
@@ -273,11 +274,7 @@ func looksLikePgBouncer(host string, port uint16) bool {
 // ledgerCheck reports failed events waiting for a replay and the
 // retention in force. It reads only indexed subsets of the ledger.
 func ledgerCheck(ctx context.Context, conn *pgx.Conn, cfg *config.Config) check {
-	var failed int64
-	var oldest *time.Time
-	err := conn.QueryRow(ctx, `
-SELECT (SELECT count(*) FROM stripe_events WHERE status = 'failed'),
-       (SELECT min(processed_at) FROM stripe_events WHERE status IN ('processed', 'ignored'))`).Scan(&failed, &oldest)
+	failed, oldest, err := billing.LedgerSummary(ctx, conn)
 	if err != nil {
 		if lockmgr.SQLState(err) == "42P01" {
 			return check{"ledger", checkFail, "not checked: no stripe_events table (see schema)"}
