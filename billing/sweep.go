@@ -105,12 +105,19 @@ const sweepPage = 100
 // The list is newest first, so pages apply newest first and each page
 // oldest first; the store keeps the newest snapshot of each object
 // whatever order its events arrive in, as it does for webhooks. The lease
-// is renewed after a page is applied, and only then: a pass that stops
+// is renewed as the list moves forward, after what was gathered is
+// applied, and only then: a pass that stops
 // moving forward (a list that does not end ends with ErrListStuck; a
 // Stripe that hangs answers nothing) lets its lease run out, and another
 // replica takes over.
 func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) error {
 	types := slices.Sorted(maps.Keys(handledTypes))
+	if len(types) > stripeapi.MaxEventTypes {
+		// Stripe's filter takes fewer types than lockstep handles: list
+		// every event and keep the handled ones here, where the loop sees
+		// the list move forward through the others too.
+		types = nil
+	}
 	page := make([]*stripeapi.Event, 0, sweepPage)
 	renewed := time.Now()
 	unreadable := 0
@@ -126,11 +133,19 @@ func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) erro
 		}
 		clear(page) // let the payloads go
 		page = page[:0]
-		if time.Since(renewed) > o.Lease/4 {
-			renewed = time.Now()
-			return b.renewSweepLease(ctx, o)
-		}
 		return nil
+	}
+	// renew applies what the page holds, then renews the lease when a
+	// quarter of it has passed: only a pass that moves forward gets here.
+	renew := func() error {
+		if time.Since(renewed) <= o.Lease/4 {
+			return nil
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		renewed = time.Now()
+		return b.renewSweepLease(ctx, o)
 	}
 	for ev, err := range b.api.Events(ctx, stripeapi.ListParams{CreatedGTE: res.From}, types) {
 		if u, ok := unreadableOf("event", err); ok {
@@ -144,15 +159,21 @@ func (b *Bulk) sweep(ctx context.Context, o SweepOptions, res *SweepResult) erro
 			}
 			return fmt.Errorf("sweep: list events: %w", err)
 		}
-		if _, ok := handledTypes[ev.Type]; !ok {
-			continue
+		if _, ok := handledTypes[ev.Type]; ok {
+			res.Listed++
+			page = append(page, ev)
 		}
-		res.Listed++
-		page = append(page, ev)
+		// Every listed event is progress, handled or not: the account's
+		// other events (payment_intent.*, charge.*) can fill many pages
+		// of the list, which Stripe's types[] filter cannot narrow to
+		// more than 20 types.
 		if len(page) == sweepPage {
 			if err := flush(); err != nil {
 				return err
 			}
+		}
+		if err := renew(); err != nil {
+			return err
 		}
 	}
 	if err := flush(); err != nil {

@@ -331,3 +331,51 @@ func deadPID(t *testing.T) int {
 	}
 	return cmd.Process.Pid
 }
+
+// A pass over pages of events lockstep does not handle (an account's
+// payment_intent.* and charge.*, which Stripe's types[] filter cannot
+// leave out beside more than 20 handled types) still moves forward, so it
+// keeps its lease: sampled while the slow list runs, the lease never runs
+// out under it.
+func TestSweepKeepsItsLeaseOverUnhandledEvents(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for range 600 {
+		b.stripe.Emit("payment_intent.created", map[string]any{"id": stripefake.NewID("pi_"), "object": "payment_intent"})
+	}
+	b.stripe.SetSlowDelay(150 * time.Millisecond)
+	b.stripe.SetHostile("/v1/events", stripefake.Slow)
+
+	const lease = 500 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		_, err := b.hostileBulk().Sweep(context.Background(), billing.SweepOptions{Owner: "long", Lease: lease})
+		done <- err
+	}()
+	samples, lapsed := 0, 0
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("sweep over 600 unhandled events: %v", err)
+			}
+			if samples < 5 {
+				t.Fatalf("only %d samples of the lease while the pass ran; the list should take over a second", samples)
+			}
+			if lapsed > 0 {
+				t.Fatalf("the lease had run out in %d of %d samples while the pass was still listing", lapsed, samples)
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+			held := b.scalar(`SELECT coalesce((SELECT (lease_until > now())::text FROM stripe_sweeper
+WHERE name = 'events' AND lease_owner = 'long'), 'none')`)
+			switch held {
+			case "true":
+				samples++
+			case "false":
+				samples++
+				lapsed++
+			}
+		}
+	}
+}

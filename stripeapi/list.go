@@ -29,8 +29,8 @@ type ListParams struct {
 	PageSize      int       // 0 (or above 100) = 100, Stripe's max
 }
 
-// maxEventTypes is how many types[] Stripe's events list accepts.
-const maxEventTypes = 20
+// MaxEventTypes is how many types[] Stripe's events list accepts.
+const MaxEventTypes = 20
 
 // Customers lists customers, newest first, each dated by its page's Date
 // header. Stripe's customers list has no customer filter: with p.Customer
@@ -94,7 +94,7 @@ func (c *Client) Events(ctx context.Context, p ListParams, types []string) iter.
 			f.AddFilter("types[]", "", t)
 		}
 	}
-	if len(types) > maxEventTypes {
+	if len(types) > MaxEventTypes {
 		typesFilter, want = nil, make(map[string]bool, len(types))
 		for _, t := range types {
 			want[t] = true

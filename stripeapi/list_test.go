@@ -329,8 +329,8 @@ func TestEventsFilterAndKeepTheBody(t *testing.T) {
 	}
 
 	// More types than Stripe's types[] takes: one list of all, filtered here.
-	many := append([]string{"invoice.paid"}, make([]string, maxEventTypes)...)
-	for i := range maxEventTypes {
+	many := append([]string{"invoice.paid"}, make([]string, MaxEventTypes)...)
+	for i := range MaxEventTypes {
 		many[i+1] = fmt.Sprintf("other.type%d", i)
 	}
 	before := srv.requests()
