@@ -37,6 +37,7 @@ type VerifyResult struct {
 // storedSub is a stored subscription with its snapshot time.
 type storedSub struct {
 	view       SubscriptionView
+	next       storedSubscription // what the paywall's next step reads
 	customerID string
 	at         time.Time
 }
@@ -323,7 +324,7 @@ func subscriptionDiff(id string, stored *storedSub, d stripeapi.Dated[*stripeapi
 		return nil
 	}
 	want := viewOf(sub)
-	out := subscriptionChanges(&stored.view, &want)
+	out := append(subscriptionChanges(&stored.view, &want), nextStepChanges(stored.next, sub)...)
 	if stored.customerID != sub.CustomerID {
 		out = append(out, Change{Object: "subscription", ID: id, Field: "customer", Stored: stored.customerID, Stripe: sub.CustomerID})
 	}
@@ -378,7 +379,7 @@ WHERE $1 = '' OR stripe_customer_id = $1`, id)
 // subscription, or all.
 func (s *Service) storedSubscriptions(ctx context.Context, customerID, id string) (map[string]*storedSub, error) {
 	rows, err := s.db.Query(ctx, `SELECT stripe_subscription_id, stripe_customer_id, status, coalesce(price_id, ''),
-    current_period_end, cancel_at_period_end, source_time
+    current_period_end, cancel_at_period_end, source_time, trial_end, current_period_start, coalesce(latest_invoice, '')
 FROM stripe_subscriptions
 WHERE ($1 = '' OR stripe_customer_id = $1) AND ($2 = '' OR stripe_subscription_id = $2)`, customerID, id)
 	if err != nil {
@@ -389,7 +390,7 @@ WHERE ($1 = '' OR stripe_customer_id = $1) AND ($2 = '' OR stripe_subscription_i
 	for rows.Next() {
 		r := &storedSub{}
 		if err := rows.Scan(&r.view.ID, &r.customerID, &r.view.Status, &r.view.PriceID, &r.view.CurrentPeriodEnd,
-			&r.view.CancelAtPeriodEnd, &r.at); err != nil {
+			&r.view.CancelAtPeriodEnd, &r.at, &r.next.trialEnd, &r.next.periodStart, &r.next.latestInvoice); err != nil {
 			return nil, fmt.Errorf("read stored subscriptions: %w", err)
 		}
 		out[r.view.ID] = r
