@@ -69,6 +69,9 @@ func (s *server) adminReplay(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		code, _ := eventFailureStatus(err)
 		s.Log.WarnContext(ctx, "replay failed", slog.Int("status", code), slog.String("error", err.Error()))
+		if code == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeJSON(w, code, res)
 		return
 	}

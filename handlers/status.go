@@ -36,7 +36,7 @@ func status(err error) (int, string) {
 	case errors.Is(err, stripeapi.ErrTimeout): // before ErrUnavailable, which it also is
 		return http.StatusServiceUnavailable, "stripe did not answer in time, try again"
 	case errors.Is(err, stripeapi.ErrUnavailable):
-		return http.StatusBadGateway, "stripe api unavailable, try again"
+		return http.StatusServiceUnavailable, "stripe api unavailable, try again"
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), lockmgr.IsTransient(err),
 		errors.Is(err, billing.ErrUnsettled):
 		return http.StatusServiceUnavailable, "temporarily unavailable, try again"

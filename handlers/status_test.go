@@ -19,7 +19,7 @@ func TestStatus(t *testing.T) {
 		wantEvent int // eventFailureStatus(), for a recorded webhook
 	}{
 		{fmt.Errorf("apply: %w", billing.ErrUnsettled), http.StatusServiceUnavailable, http.StatusServiceUnavailable},
-		{fmt.Errorf("read: %w", stripeapi.ErrUnavailable), http.StatusBadGateway, http.StatusBadGateway},
+		{fmt.Errorf("read: %w", stripeapi.ErrUnavailable), http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 		{fmt.Errorf("read: %w: GET /v1/x: %w", stripeapi.ErrTimeout, stripeapi.ErrUnavailable), http.StatusServiceUnavailable, http.StatusServiceUnavailable},
 		{billing.ErrSessionNotFound, http.StatusNotFound, http.StatusNotFound},
 		{errors.New("a bug"), http.StatusInternalServerError, http.StatusUnprocessableEntity},

@@ -110,8 +110,8 @@ func TestCheckoutSuccessAnswers(t *testing.T) {
 		b.stripe.FailNext(10, http.StatusInternalServerError)
 		r := b.checkout(fx.session, fx.user)
 		b.stripe.FailNext(0, 0)
-		if r.code != http.StatusBadGateway {
-			t.Fatalf("%d %s, want 502", r.code, r.body)
+		if r.code != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+			t.Fatalf("%d %s, want 503 with Retry-After: Stripe failing is a 503, as Stripe hanging is", r.code, r.body)
 		}
 	})
 	t.Run("billing of unknown user", func(t *testing.T) {

@@ -107,8 +107,9 @@ func newBundle(t testing.TB, db *dbtest.DB, lockTimeout, retryBudget time.Durati
 
 // response is an HTTP answer as a test reads it.
 type response struct {
-	code int
-	body string
+	code   int
+	body   string
+	header http.Header
 }
 
 func (r response) json(t testing.TB) map[string]any {
@@ -129,7 +130,7 @@ func (b *bundle) do(req *http.Request) response {
 	}
 	defer res.Body.Close()
 	body, _ := io.ReadAll(res.Body)
-	return response{code: res.StatusCode, body: string(body)}
+	return response{code: res.StatusCode, body: string(body), header: res.Header}
 }
 
 // postWebhook sends a signed event body as Stripe does.
