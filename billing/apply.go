@@ -194,6 +194,7 @@ func (s *Service) ApplySubscription(ctx context.Context, d stripeapi.Dated[*stri
 		return nil, fmt.Errorf("apply subscription %s: it names no customer", sub.ID)
 	}
 	var changes []Change
+	missingPrice := ""
 	err := s.settleTies(ctx, func(fresh *snapshot) error {
 		snap := snapshot{sub: sub, at: d.At, source: "api"}
 		if fresh != nil {
@@ -217,6 +218,10 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`,
 				if sw.tie != nil {
 					return sw.tie
 				}
+				missingPrice = ""
+				if sw.missingCatalog {
+					missingPrice = sw.view.PriceID
+				}
 				if sw.stale {
 					return nil
 				}
@@ -235,6 +240,11 @@ FROM stripe_subscriptions WHERE stripe_subscription_id = $1`,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("apply subscription %s: %w", sub.ID, err)
+	}
+	if !o.DryRun {
+		// A full sync has listed the catalog first, so this finds nothing
+		// missing; a sync or repair of one customer has not.
+		s.fillCatalog(ctx, missingPrice)
 	}
 	return changes, nil
 }

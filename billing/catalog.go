@@ -344,10 +344,11 @@ const catalogFillTimeout = 3 * time.Second
 // after the subscription's transaction committed, holding no lock, through
 // the Service's client (and so its share of the rate budget). It never
 // fails its caller: a failed read is logged, and the sweeper, the next
-// subscription event or a sync fills the price later. Webhooks (the
-// sweeper's and replays' included) and the success call fill; sync and
-// verify do not (ApplySubscription), since they list the catalog
-// themselves.
+// subscription event or a sync fills the price later. Every writer of a
+// subscription fills: webhooks (the sweeper's and replays' included), the
+// success call, and ApplySubscription (sync and verify --repair, which
+// find nothing missing after a full sync's catalog phases, but do for one
+// customer).
 func (s *Service) fillCatalog(ctx context.Context, priceID string) {
 	if priceID == "" || !s.fills.try(priceID, time.Now()) {
 		return

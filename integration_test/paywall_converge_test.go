@@ -224,3 +224,36 @@ JOIN stripe_products pr ON pr.stripe_product_id = p.stripe_product_id WHERE s.st
 		t.Fatalf("sync --customer: exit %d, want the customer's entitlements back and the catalog left alone:\n%s", code, out)
 	}
 }
+
+// A sync of one customer does not list the catalog (it is the account's),
+// yet the customer's plan is stored: the price its subscription names is
+// read from Stripe after the write, as for a webhook.
+func TestSyncOneCustomerFillsItsPlan(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	a := seedAccount(b, 2)
+	var customers []string
+	for id := range a.customers {
+		customers = append(customers, id)
+	}
+	slices.Sort(customers)
+	seedCatalog(b, customers)
+	var cus, price string
+	for _, s := range a.subs {
+		if s.Status != "canceled" {
+			cus, price = s.Customer, s.PriceID
+		}
+	}
+	if out, code := b.cli(context.Background(), nil, "sync", "--customer", cus); code != 0 {
+		t.Fatalf("sync --customer: exit %d:\n%s", code, out)
+	}
+	plan := b.scalar(`SELECT coalesce((SELECT pr.name FROM stripe_subscriptions s
+JOIN stripe_prices p ON p.stripe_price_id = s.price_id JOIN stripe_products pr ON pr.stripe_product_id = p.stripe_product_id
+WHERE s.stripe_customer_id = $1), '')`, cus)
+	if plan == "" {
+		t.Fatalf("after sync --customer %s, its subscription's price %s has no stored plan", cus, price)
+	}
+	if n := b.count(`SELECT count(*) FROM stripe_prices`); n != 1 {
+		t.Fatalf("%d prices stored, want only the one the customer's subscription names", n)
+	}
+}
