@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"strings"
 
@@ -29,8 +28,7 @@ func accessCmd(ctx context.Context, args []string, env Env) error {
 	if err != nil {
 		return err
 	}
-	featureSet := false
-	fs.Visit(func(f *flag.Flag) { featureSet = featureSet || f.Name == "feature" })
+	featureSet := isSet(fs, "feature")
 	var user string
 	if len(rest) == 1 {
 		user = rest[0]

@@ -317,7 +317,7 @@ func stripeCheck(ctx context.Context, base, key string) check {
 	if strings.Contains(key, "_live_") {
 		mode = "live mode"
 	}
-	who := fmt.Sprintf("key %s (%s) at %s", config.Redact(key), mode, base)
+	who := fmt.Sprintf("key %s (%s) at %s", config.Redact(key), mode, config.RedactURL(base))
 	// A 429 is reported, not waited out: doctor is run by hand, again.
 	api := stripeapi.NewClient(base, key, stripeapi.Options{Timeout: doctorTimeout, RateLimitWait: time.Nanosecond})
 	_, _, err := api.Customer(ctx, doctorProbeCustomer)

@@ -65,7 +65,12 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 	if secret == "" {
 		secret = config.DevWebhookSecret
 	}
-	token := or(getenv("APP_API_TOKEN"), config.DevAppAPIToken)
+	// The try-it lines show the development token itself, never another:
+	// a real APP_API_TOKEN exported in this shell stays out of the terminal.
+	token := "$APP_API_TOKEN"
+	if t := getenv("APP_API_TOKEN"); t == "" || t == config.DevAppAPIToken {
+		token = config.DevAppAPIToken
+	}
 
 	fake, err := stripefake.StartOn(*listen)
 	if err != nil {
