@@ -25,7 +25,7 @@ SELECT n.now, c.stripe_customer_id, coalesce(c.deleted, false),
   s.stripe_subscription_id, s.status, s.cancel_at_period_end, s.current_period_start,
   s.current_period_end, s.trial_end, s.created_at, s.price_id,
   li.status, li.hosted_invoice_url, oi.hosted_invoice_url,
-  p.stripe_price_id IS NOT NULL, p.lookup_key, p.recurring_interval, p.stripe_product_id, pr.name
+  p.stripe_price_id IS NOT NULL, p.lookup_key, p.recurring_interval, nullif(p.stripe_product_id, ''), pr.name
 FROM (SELECT now() AS now) n
 LEFT JOIN stripe_customers c ON c.user_id = $1
 LEFT JOIN stripe_subscriptions s ON s.stripe_customer_id = c.stripe_customer_id

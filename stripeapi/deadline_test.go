@@ -35,11 +35,16 @@ func TestDeadlineEndsCallsWithErrTimeout(t *testing.T) {
 		t.Errorf("read by id: %v, want ErrTimeout and ErrUnavailable", err)
 	}
 	ctx = WithDeadline(context.Background(), 200*time.Millisecond)
+	yielded := 0
 	for _, err := range c.Customers(ctx, ListParams{}) {
+		yielded++
 		if !errors.Is(err, ErrTimeout) {
 			t.Errorf("list: %v, want ErrTimeout", err)
 		}
 		break
+	}
+	if yielded == 0 {
+		t.Error("the list past its deadline yielded nothing, want ErrTimeout")
 	}
 }
 

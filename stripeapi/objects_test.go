@@ -166,6 +166,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(`{"id":"sub_1","object":"subscription","customer":{"id":"cus_1"},"status":"active","items":{"data":[{"price":"p","current_period_end":5}]}}`))
 	f.Add([]byte(`{"id":"cs_1","object":"checkout.session","subscription":{"id":"sub_1","object":"subscription","customer":"cus_1","status":"active"}}`))
 	f.Add([]byte(`{"id":"in_1","object":"invoice","customer":"cus_1","parent":{"subscription_details":{"subscription":"sub_1"}}}`))
+	f.Add([]byte(`{"id":"price_1","object":"price","product":"prod_1","lookup_key":"pro","recurring":{"interval":"month","interval_count":1}}`))
+	f.Add([]byte(`{"object":"entitlements.active_entitlement_summary","customer":"cus_1","entitlements":{"data":[{"id":"ent_1","object":"entitlements.active_entitlement","feature":"feat_1","lookup_key":"sso"}],"has_more":true}}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if ev, err := ParseEvent(b); err == nil {
 			if unstorable(ev.Payload) != "" || !ValidID(ev.ID, "evt_") {
@@ -176,5 +178,9 @@ func FuzzParse(f *testing.F) {
 		_, _ = ParseCheckoutSession(b)
 		_, _ = ParseCustomer(b)
 		_, _ = ParseInvoice(b)
+		_, _ = ParseProduct(b)
+		_, _ = ParsePrice(b)
+		_, _ = ParseEntitlement(b)
+		_, _ = ParseEntitlementSummary(b)
 	})
 }
