@@ -53,6 +53,7 @@ func (s *server) adminEvents(w http.ResponseWriter, r *http.Request) {
 // ledger as a live delivery: a processed or ignored event answers
 // "duplicate" and changes nothing.
 func (s *server) adminReplay(w http.ResponseWriter, r *http.Request) {
+	r = s.stripeBound(r)
 	id := mux.Vars(r)["event_id"]
 	if !stripeapi.ValidID(id, "evt_") {
 		writeError(w, http.StatusBadRequest, "event id must be evt_...")

@@ -38,6 +38,7 @@ type checkoutResponse struct {
 
 // checkoutSuccess syncs a checkout session for the success page.
 func (s *server) checkoutSuccess(w http.ResponseWriter, r *http.Request) {
+	r = s.stripeBound(r)
 	if r.ContentLength > maxCheckoutBody {
 		writeError(w, http.StatusRequestEntityTooLarge, "body over 64 KiB")
 		return

@@ -126,7 +126,6 @@ func (s *server) observe(next http.Handler) http.Handler {
 		// The scope starts after request_id, so it gathers only what the
 		// handler adds (event_id, session_id...) for the access-log line.
 		ctx := logging.WithScope(logging.With(r.Context(), slog.String("request_id", id)))
-		ctx = stripeapi.WithDeadline(ctx, s.StripeDeadline)
 		r = r.WithContext(ctx)
 		route := "unmatched"
 		if cr := mux.CurrentRoute(r); cr != nil {
@@ -240,4 +239,11 @@ func notReadyReason(err error) string {
 		return err.Error()
 	}
 	return "database unreachable"
+}
+
+// stripeBound bounds the Stripe work of a request that needs Stripe (the
+// webhook, the success call, a replay) by StripeDeadline, inside the
+// server's write timeout; the other routes pay nothing for it.
+func (s *server) stripeBound(r *http.Request) *http.Request {
+	return r.WithContext(stripeapi.WithDeadline(r.Context(), s.StripeDeadline))
 }

@@ -16,6 +16,7 @@ import (
 // processed exactly once; a transient failure that outlived the retry budget
 // answers 503 so Stripe redelivers it, and the ledger records it as failed.
 func (s *server) webhook(w http.ResponseWriter, r *http.Request) {
+	r = s.stripeBound(r)
 	body, err := readBody(w, r, maxWebhookBody)
 	if err != nil {
 		var tooBig *http.MaxBytesError
