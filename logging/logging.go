@@ -39,27 +39,9 @@ func WithScope(ctx context.Context) context.Context {
 
 // ScopeAttrs returns the attributes added with With since the nearest
 // WithScope, the last value of each key only, in the order first added.
-func ScopeAttrs(ctx context.Context) []slog.Attr {
-	sc, _ := ctx.Value(scopeKey{}).(*scope)
-	if sc == nil {
-		return nil
-	}
-	sc.mu.Lock()
-	defer sc.mu.Unlock()
-	out := make([]slog.Attr, 0, len(sc.attrs))
-	index := make(map[string]int, len(sc.attrs))
-	for _, a := range sc.attrs {
-		if i, ok := index[a.Key]; ok {
-			out[i] = a
-			continue
-		}
-		index[a.Key] = len(out)
-		out = append(out, a)
-	}
-	return out
-}
+func ScopeAttrs(ctx context.Context) []slog.Attr { return AppendScopeAttrs(ctx, nil) }
 
-// AppendScopeAttrs appends ScopeAttrs(ctx) to dst without a map or a
+// AppendScopeAttrs appends the scope's attributes (see ScopeAttrs) to dst without a map or a
 // slice of its own (a request's scope holds a few attributes): the access
 // log line's cost on every request.
 func AppendScopeAttrs(ctx context.Context, dst []slog.Attr) []slog.Attr {
