@@ -25,7 +25,7 @@ func TestNoCommandPrintsTheDatabasePassword(t *testing.T) {
 	fake := stripefake.New(t)
 	u, err := url.Parse(db.URL)
 	if err != nil || u.Host == "" {
-		t.Skipf("the test database URL is not a postgres:// URL with a host")
+		t.Fatalf("the test database URL is not a postgres:// URL with a host: %v", err)
 	}
 	user := u.User.Username()
 	dbname := strings.TrimPrefix(u.Path, "/")
