@@ -246,9 +246,8 @@ func (c *Client) ActiveEntitlements(ctx context.Context, customerID string) ([]E
 		return nil, time.Time{}, ErrNotFound
 	}
 	const path = "/v1/entitlements/active_entitlements"
-	fail := func(err error) ([]Entitlement, time.Time, error) {
-		return nil, time.Time{}, fmt.Errorf("active entitlements of %s: %w", customerID, err)
-	}
+	// Callers name the customer; the errors name the list.
+	fail := func(err error) ([]Entitlement, time.Time, error) { return nil, time.Time{}, err }
 	var (
 		out   []Entitlement
 		first time.Time
