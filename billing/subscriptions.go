@@ -95,7 +95,8 @@ const catalogMissing = `s.price_id IS NOT NULL AND NOT EXISTS (
 // from the API of an unchanged state advances nothing: an older event
 // delivered after such a read can only have been followed by the event
 // that changed the state back, which is newer than it and restores the
-// state (the sweeper applies missed events oldest first).
+// state once it arrives too (Stripe redelivers it; the sweeper recovers it
+// when Stripe gives up).
 
 // snapshot is a subscription as of a Stripe time, from a source (an event
 // id, or "api" for an object read from Stripe's API, dated by the answer's

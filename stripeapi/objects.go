@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -220,12 +221,7 @@ var SubscriptionStatuses = []string{"incomplete", "incomplete_expired", "trialin
 
 // KnownSubscriptionStatus reports whether status is one Stripe documents today.
 func KnownSubscriptionStatus(status string) bool {
-	for _, s := range SubscriptionStatuses {
-		if s == status {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(SubscriptionStatuses, status)
 }
 
 // maxEnumLength bounds a status or other enum value lockstep stores. It is
