@@ -25,13 +25,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/lockstep/lockstep/config"
+	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
 )
 
@@ -95,7 +95,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) int {
 		<-sigs
 		return 0
 	}
-	return runWith(log, cmd, "STRIPE_API_BASE="+fake.URL, "STRIPE_SECRET_KEY="+config.DevSecretKey)
+	return dbtest.RunForeground(log, cmd, "STRIPE_API_BASE="+fake.URL, "STRIPE_SECRET_KEY="+config.DevSecretKey)
 }
 
 // tryIt is the walk-through printed at start.
@@ -201,38 +201,6 @@ func (f *forwarder) deliver(ctx context.Context, raw json.RawMessage) {
 	if res.StatusCode < 300 {
 		f.done[ev.ID] = true
 	}
-}
-
-// runWith runs argv with env added and returns its exit status. It stays in
-// the foreground: a Ctrl-C reaches it from the terminal and this process
-// waits for it; SIGTERM and SIGHUP sent here alone are passed on.
-func runWith(log *log.Logger, argv []string, env ...string) int {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), env...)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	if err := cmd.Start(); err != nil {
-		log.Print(err)
-		return 127
-	}
-	go func() {
-		for s := range sigs {
-			if s != os.Interrupt {
-				_ = cmd.Process.Signal(s)
-			}
-		}
-	}()
-	err := cmd.Wait()
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	if err != nil && cmd.ProcessState.ExitCode() <= 0 {
-		log.Print(err)
-		return 1
-	}
-	return cmd.ProcessState.ExitCode()
 }
 
 // loopback reports whether host names this machine only.

@@ -27,9 +27,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"os/exec"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -241,35 +238,8 @@ func serverAnswers(probe string) bool {
 // redact prints a connection string without its password, in any shape.
 func redact(s string) string { return redactpkg.String(s) }
 
-// runWith runs argv with key=value added to the environment and returns its
-// exit status. The command stays in the foreground: a Ctrl-C reaches it
-// from the terminal, and pgenv waits for it, so the caller can clean up
-// after; SIGTERM and SIGHUP sent to pgenv alone are passed on.
+// runWith runs argv with key=value added to its environment (see
+// dbtest.RunForeground).
 func runWith(argv []string, key, value string) int {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.Env = append(os.Environ(), key+"="+value)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	if err := cmd.Start(); err != nil {
-		log.Print(err)
-		return 127
-	}
-	go func() {
-		for s := range sigs {
-			if s != os.Interrupt {
-				_ = cmd.Process.Signal(s)
-			}
-		}
-	}()
-	err := cmd.Wait()
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	if err != nil && cmd.ProcessState.ExitCode() <= 0 {
-		log.Print(err)
-		return 1
-	}
-	return cmd.ProcessState.ExitCode()
+	return dbtest.RunForeground(log.Default(), argv, key+"="+value)
 }
