@@ -262,15 +262,23 @@ RETURNING cursor`
 }
 
 func (s *Service) renewSweepLease(ctx context.Context, o SweepOptions) error {
-	tag, err := s.db.Exec(ctx, `UPDATE stripe_sweeper SET lease_until = now() + make_interval(secs => $3)
-WHERE name = $1 AND lease_owner = $2`, sweeperName, o.Owner, o.Lease.Seconds())
-	if err != nil {
+	held, err := s.renewLease(ctx, sweeperName, o.Owner, o.Lease)
+	switch {
+	case err != nil:
 		return fmt.Errorf("sweep: renew lease: %w", err)
-	}
-	if tag.RowsAffected() == 0 {
+	case !held:
 		return fmt.Errorf("sweep: lost the lease")
 	}
 	return nil
+}
+
+// renewLease extends owner's lease on the stripe_sweeper row name (the
+// sweeper's, or a sync's) by d, in one statement; held is false when the
+// row is no longer owner's: another took it over after it ran out.
+func (s *Service) renewLease(ctx context.Context, name, owner string, d time.Duration) (held bool, err error) {
+	tag, err := s.db.Exec(ctx, `UPDATE stripe_sweeper SET lease_until = now() + make_interval(secs => $3)
+WHERE name = $1 AND lease_owner = $2`, name, owner, d.Seconds())
+	return err == nil && tag.RowsAffected() > 0, err
 }
 
 // releaseSweepLease frees the lease and, after a pass that succeeded, moves

@@ -85,12 +85,11 @@ func (e *SyncRunningError) Unwrap() error { return ErrSyncRunning }
 // renewSyncLease extends owner's lease on scope; it fails when another
 // sync took it (this one stalled past the lease).
 func (s *Service) renewSyncLease(ctx context.Context, scope, owner string) error {
-	tag, err := s.db.Exec(ctx, `UPDATE stripe_sweeper SET lease_until = now() + make_interval(secs => $3)
-WHERE name = $1 AND lease_owner = $2`, "sync:"+scope, owner, syncLease.Seconds())
-	if err != nil {
+	held, err := s.renewLease(ctx, "sync:"+scope, owner, syncLease)
+	switch {
+	case err != nil:
 		return fmt.Errorf("sync: renew the lease of %s: %w", scope, err)
-	}
-	if tag.RowsAffected() == 0 {
+	case !held:
 		return fmt.Errorf("sync: another sync of %s took over (this one stalled past its lease)", scope)
 	}
 	return nil
