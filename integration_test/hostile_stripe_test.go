@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
@@ -261,25 +260,7 @@ func TestServeSweeperUnderHostileStripe(t *testing.T) {
 	fx := b.paidCheckout(uniqueUser("serve-hostile"), b.stripe.Now().Add(-time.Hour).Truncate(time.Second))
 	b.checkoutEvents(fx)
 	b.stripe.SetHostile("/v1/events", stripefake.Endless)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	vars := map[string]string{
-		"DATABASE_URL": b.db.URL, "LISTEN_ADDR": addr, "STRIPE_WEBHOOK_SECRET": secretNew,
-		"STRIPE_SECRET_KEY": stripeKey, "STRIPE_API_BASE": b.stripe.URL, "APP_API_TOKEN": appToken,
-		"ADMIN_TOKEN": adminToken, "STRIPE_SWEEP_INTERVAL": "1s", "LOG_LEVEL": "warn",
-	}
-	var logs syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(ctx, []string{"serve"}, app.Env{Getenv: func(k string) string { return vars[k] }, Stdout: &logs, Stderr: &logs})
-	}()
-	stopped := false
-	defer func() {
-		if !stopped {
-			cancel()
-			<-done
-		}
-	}()
+	srv := b.serve()
 	dbtest.WaitFor(t, "serve's sweeper to stop at the endless list", 30*time.Second, func() (bool, string) {
 		return strings.Contains(b.scalar(`SELECT coalesce((SELECT last_error FROM stripe_sweeper WHERE name = 'events'), '')`), "does not advance"), ""
 	})
@@ -305,11 +286,9 @@ func TestServeSweeperUnderHostileStripe(t *testing.T) {
 	dbtest.WaitFor(t, "a pass to hang", 10*time.Second, func() (bool, string) {
 		return b.stripe.HostileHits(stripefake.Hang) > 0, ""
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("serve: %v\n%s", err, logs.String())
+	if err := srv.stop(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, srv.logs.String())
 	}
-	stopped = true
 	b.leasesFree()
 }
 

@@ -322,3 +322,41 @@ func (b *bundle) command(ctx context.Context, args ...string) (string, error) {
 	err := app.Run(ctx, args, app.Env{Getenv: func(k string) string { return env[k] }, Stdout: &out, Stderr: io.Discard})
 	return out.String(), err
 }
+
+// servedProcess is `lockstep serve` run through app.Run, as the binary
+// runs it, against the bundle's database and fake Stripe.
+type servedProcess struct {
+	addr string
+	logs *syncBuffer
+	stop func() error // cancels serve and waits for it; later calls return nil
+}
+
+// serve starts `lockstep serve` on a free loopback port, with the sweeper
+// every second, and stops it when the test ends if stop was not called.
+func (b *bundle) serve() *servedProcess {
+	b.t.Helper()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(b.t))
+	vars := map[string]string{
+		"DATABASE_URL": b.db.URL, "LISTEN_ADDR": addr, "STRIPE_WEBHOOK_SECRET": secretNew,
+		"STRIPE_SECRET_KEY": stripeKey, "STRIPE_API_BASE": b.stripe.URL, "APP_API_TOKEN": appToken,
+		"ADMIN_TOKEN": adminToken, "STRIPE_SWEEP_INTERVAL": "1s", "LOG_LEVEL": "warn",
+	}
+	logs := &syncBuffer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, []string{"serve"}, app.Env{Getenv: func(k string) string { return vars[k] }, Stdout: logs, Stderr: logs})
+	}()
+	var once sync.Once
+	var err error
+	p := &servedProcess{addr: addr, logs: logs, stop: func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}}
+	b.t.Cleanup(func() {
+		if err := p.stop(); err != nil {
+			b.t.Errorf("serve: %v\n%s", err, logs.String())
+		}
+	})
+	return p
+}

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lockstep/lockstep/app"
 	"github.com/lockstep/lockstep/billing"
 	"github.com/lockstep/lockstep/internal/dbtest"
 	"github.com/lockstep/lockstep/internal/stripefake"
@@ -323,28 +322,11 @@ func TestServeSweepsOnItsInterval(t *testing.T) {
 	b := setup(t, withMaxConns(4))
 	fx := b.paidCheckout(uniqueUser("serve-sweep"), b.stripe.Now().Add(-time.Hour).Truncate(time.Second))
 	b.checkoutEvents(fx) // three events, none delivered
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	vars := map[string]string{
-		"DATABASE_URL": b.db.URL, "LISTEN_ADDR": addr, "STRIPE_WEBHOOK_SECRET": secretNew,
-		"STRIPE_SECRET_KEY": stripeKey, "STRIPE_API_BASE": b.stripe.URL, "APP_API_TOKEN": appToken,
-		"ADMIN_TOKEN": adminToken, "STRIPE_SWEEP_INTERVAL": "1s", "LOG_LEVEL": "warn",
-	}
-	var logs syncBuffer
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(ctx, []string{"serve"}, app.Env{Getenv: func(k string) string { return vars[k] }, Stdout: &logs, Stderr: &logs})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v\n%s", err, logs.String())
-		}
-	}()
+	srv := b.serve()
 	// The pass counts what it recovered once it has finished, a moment
 	// after the events are in the ledger: wait for the count.
 	dbtest.WaitFor(t, "serve's sweeper to recover and count the 3 missed events", 60*time.Second, func() (bool, string) {
-		res, err := http.Get("http://" + addr + "/metrics")
+		res, err := http.Get("http://" + srv.addr + "/metrics")
 		if err != nil {
 			return false, err.Error()
 		}
