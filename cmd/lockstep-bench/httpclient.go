@@ -144,20 +144,34 @@ func (c *httpConn) watch(ctx context.Context) {
 // (EOF or a reset before any byte of the answer), it reconnects and sends
 // the request again, once.
 func (c *httpConn) Post(ctx context.Context, path, contentType, name, value string, body []byte) (int, []byte, error) {
+	return c.do(ctx, "POST ", path, contentType, name, value, body)
+}
+
+// Get sends a GET of path (relative to the base URL's) with, when name is
+// not empty, the header name: value; otherwise as Post.
+func (c *httpConn) Get(ctx context.Context, path, name, value string) (int, []byte, error) {
+	return c.do(ctx, "GET ", path, "", name, value, nil)
+}
+
+// do writes the request into c.wbuf (Content-Type and Content-Length for a
+// POST, whatever its body) and sends it.
+func (c *httpConn) do(ctx context.Context, method, path, contentType, name, value string, body []byte) (int, []byte, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, nil, err
 	}
 	c.watch(ctx)
 	b := c.wbuf[:0]
-	b = append(b, "POST "...)
+	b = append(b, method...)
 	b = append(b, c.prefix...)
 	b = append(b, path...)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, c.host...)
-	b = append(b, "\r\nContent-Type: "...)
-	b = append(b, contentType...)
-	b = append(b, "\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if method == "POST " {
+		b = append(b, "\r\nContent-Type: "...)
+		b = append(b, contentType...)
+		b = append(b, "\r\nContent-Length: "...)
+		b = strconv.AppendInt(b, int64(len(body)), 10)
+	}
 	if name != "" {
 		b = append(b, "\r\n"...)
 		b = append(b, name...)
@@ -166,30 +180,6 @@ func (c *httpConn) Post(ctx context.Context, path, contentType, name, value stri
 	}
 	b = append(b, "\r\n\r\n"...)
 	b = append(b, body...)
-	c.wbuf = b
-	return c.send(ctx)
-}
-
-// Get sends a GET of path (relative to the base URL's) with, when name is
-// not empty, the header name: value; otherwise as Post.
-func (c *httpConn) Get(ctx context.Context, path, name, value string) (int, []byte, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, nil, err
-	}
-	c.watch(ctx)
-	b := c.wbuf[:0]
-	b = append(b, "GET "...)
-	b = append(b, c.prefix...)
-	b = append(b, path...)
-	b = append(b, " HTTP/1.1\r\nHost: "...)
-	b = append(b, c.host...)
-	if name != "" {
-		b = append(b, "\r\n"...)
-		b = append(b, name...)
-		b = append(b, ": "...)
-		b = append(b, value...)
-	}
-	b = append(b, "\r\n\r\n"...)
 	c.wbuf = b
 	return c.send(ctx)
 }
